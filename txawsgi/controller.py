@@ -1,0 +1,287 @@
+"""
+Phillip J. Eby's iterator-controller: the app's async API for one exchange.
+
+The controller is the iterable the app returns: it yields what was C{put},
+C{b''} while its queue is empty, and stops after C{finish()}.  Because it is
+also an L{IWakeSource}, the engine does not poll it: an empty chunk while the
+controller is idle puts the engine to sleep until C{put} or C{finish} wakes
+it, even when middleware wraps the controller.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum, auto
+from threading import Lock
+from typing import Any, Callable, Optional
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
+from zope.interface import implementer
+
+from txawsgi.errors import (
+    AlreadyFinished,
+    BodyTruncated,
+    ClientDisconnected,
+    GetPending,
+    InputReplaced,
+    InvalidBody,
+)
+from txawsgi.interfaces import IController, IRequestBody, IWakeSource
+from txawsgi.states import Machine, edges
+
+#: Queued bytes at which C{put()} starts answering C{False}.
+HIGH_WATER = 64 * 1024
+
+
+class Output(Enum):
+    """
+    The controller's side of the response body.
+    """
+
+    #: Accepting C{put}.
+    OPEN = auto()
+    #: C{finish()} was applied; the queue drains, then iteration stops.
+    FINISHED = auto()
+    #: The exchange ended; the queue was dropped.
+    CLOSED = auto()
+
+
+_OUTPUT_EDGES = edges(
+    Output,
+    {
+        Output.OPEN: {Output.FINISHED, Output.CLOSED},
+        Output.FINISHED: {Output.CLOSED},
+        Output.CLOSED: set(),
+    },
+)
+
+
+class Hooks:
+    """
+    What a controller needs from its exchange: kept narrow so the controller
+    never reaches into the engine or the response.
+    """
+
+    __slots__ = ("reactor", "wake", "paused", "crash")
+
+    def __init__(self, reactor: Any, wake: Callable[[], None], paused: Callable[[], bool], crash: Callable[[Failure], None]) -> None:
+        self.reactor = reactor
+        self.wake = wake
+        self.paused = paused
+        self.crash = crash
+
+
+@implementer(IController, IWakeSource)
+class Controller:
+    """
+    See L{IController}.  Created by C{environ['awsgi.controller'](environ)}.
+    """
+
+    _log = Logger()
+
+    __slots__ = (
+        "_hooks",
+        "_environ",
+        "_body",
+        "_lock",
+        "_queue",
+        "_queued",
+        "_output",
+        "_finish_called",
+        "_get_pending",
+        "_drain",
+        "_close",
+        "_reason",
+    )
+
+    def __init__(self, hooks: Hooks, environ: dict[str, Any], body: IRequestBody) -> None:
+        self._hooks = hooks
+        self._environ = environ
+        self._body = body
+        self._lock = Lock()
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._output = Machine(Output.OPEN, _OUTPUT_EDGES)
+        self._finish_called = False
+        self._get_pending = False
+        self._drain: list[Callable[[], Any]] = []
+        self._close: list[Callable[[Optional[BaseException]], Any]] = []
+        self._reason: Optional[BaseException] = None
+
+    # -- helpers -----------------------------------------------------------
+
+    def _in_reactor(self, f: Callable[..., Any], *args: Any) -> None:
+        """
+        Run C{f} now if this is the reactor thread, else hop there.
+        """
+        if isInIOThread():
+            f(*args)
+        else:
+            self._hooks.reactor.callFromThread(f, *args)
+
+    def _soon(self, f: Callable[..., Any], *args: Any) -> None:
+        """
+        Call an app callback later, from the reactor, never re-entrantly.
+        """
+        if isInIOThread():
+            self._hooks.reactor.callLater(0, self._call_app, f, *args)
+        else:
+            self._hooks.reactor.callFromThread(self._call_app, f, *args)
+
+    def _call_app(self, f: Callable[..., Any], *args: Any) -> None:
+        try:
+            f(*args)
+        except Exception:
+            self._hooks.crash(Failure())
+
+    # -- IWakeSource -------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._output.state is Output.OPEN
+
+    # -- output --------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        return self._queued < HIGH_WATER and not self._hooks.paused() and self._output.state is not Output.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self._output.state is Output.CLOSED
+
+    def put(self, data: bytes) -> bool:
+        if type(data) is not bytes:
+            raise InvalidBody(f"put() takes bytes, not {type(data).__name__}")
+        if self._finish_called:
+            raise AlreadyFinished("put() after finish()")
+        if data:
+            self._in_reactor(self._put, data)
+        return self._queued + len(data) < HIGH_WATER and not self._hooks.paused()
+
+    def _put(self, data: bytes) -> None:
+        if self._output.state is not Output.OPEN:
+            return
+        with self._lock:
+            self._queue.append(data)
+            self._queued += len(data)
+        self._hooks.wake()
+
+    def finish(self) -> None:
+        if self._finish_called:
+            raise AlreadyFinished("finish() called twice")
+        self._finish_called = True
+        self._in_reactor(self._finish)
+
+    def _finish(self) -> None:
+        if self._output.state is Output.OPEN:
+            self._output.to(Output.FINISHED)
+            self._hooks.wake()
+
+    def __iter__(self) -> "Controller":
+        return self
+
+    def __next__(self) -> bytes:
+        queue = self._queue
+        if queue:
+            with self._lock:
+                data = queue.popleft() if len(queue) == 1 else b"".join(queue)
+                queue.clear()
+                self._queued = 0
+            if self._drain:
+                self._in_reactor(self.check_drain)
+            return data
+        if self._output.state is Output.OPEN:
+            return b""
+        raise StopIteration
+
+    def on_drain(self, callback: Callable[[], Any]) -> None:
+        self._in_reactor(self._on_drain, callback)
+
+    def _on_drain(self, callback: Callable[[], Any]) -> None:
+        if self._output.state is Output.CLOSED:
+            return
+        self._drain.append(callback)
+        self.check_drain()
+
+    def check_drain(self) -> None:
+        """
+        Call the drain callbacks if the controller is writable again; the
+        exchange calls this when the transport resumes.
+        """
+        if self._drain and self.writable:
+            callbacks, self._drain = self._drain, []
+            for callback in callbacks:
+                self._soon(callback)
+
+    # -- input ---------------------------------------------------------------
+
+    def on_get(self, length: int, callback: Callable[[bytes], Any], errback: Optional[Callable[[BaseException], Any]] = None) -> None:
+        if type(length) is not int or length < 1:
+            raise ValueError(f"on_get() length must be a positive int, not {length!r}")
+        if self._get_pending:
+            raise GetPending("on_get() called again before its callback ran")
+        if self._environ.get("wsgi.input") is not self._body.file:
+            raise InputReplaced("on_get() refused: middleware replaced wsgi.input")
+        self._get_pending = True
+        self._in_reactor(self._body.request, length, self._make_got(callback), self._make_lost(errback))
+
+    def _make_got(self, callback: Callable[[bytes], Any]) -> Callable[[bytes], None]:
+        def got(data: bytes) -> None:
+            self._get_pending = False
+            if self._output.state is not Output.CLOSED:
+                self._call_app(callback, data)
+
+        return got
+
+    def _make_lost(self, errback: Optional[Callable[[BaseException], Any]]) -> Callable[[BaseException], None]:
+        def lost(reason: BaseException) -> None:
+            self._get_pending = False
+            if errback is not None:
+                self._call_app(errback, reason)
+
+        return lost
+
+    # -- the end ---------------------------------------------------------------
+
+    def on_close(self, callback: Callable[[Optional[BaseException]], Any]) -> None:
+        self._in_reactor(self._on_close, callback)
+
+    def _on_close(self, callback: Callable[[Optional[BaseException]], Any]) -> None:
+        if self._output.state is Output.CLOSED:
+            self._soon(callback, self._reason)
+        else:
+            self._close.append(callback)
+
+    def exchange_ended(self, reason: Optional[BaseException]) -> None:
+        """
+        Called by the exchange, in the reactor, when it ends: C{reason} is
+        L{None} after a delivered response, else why it was cut short.
+        """
+        if self._output.state is Output.CLOSED:
+            return
+        self._output.to(Output.CLOSED)
+        self._reason = reason
+        with self._lock:
+            self._queue.clear()
+            self._queued = 0
+        self._drain = []
+        callbacks, self._close = self._close, []
+        for callback in callbacks:
+            try:
+                callback(reason)
+            except Exception:
+                self._log.failure("Error in a controller on_close callback")
+
+    def close(self) -> None:
+        """
+        PEP 3333 C{close()}: the server is done with this iterable.
+        """
+        with self._lock:
+            self._queue.clear()
+            self._queued = 0
+
+
+__all__ = ["Controller", "Hooks", "HIGH_WATER", "BodyTruncated", "ClientDisconnected"]

@@ -1,0 +1,448 @@
+"""
+The iteration engine: drives an application's iterable into a response.
+
+One engine per exchange.  It is a task for a L{twisted.internet.task.Cooperator},
+so an app that produces many chunks shares the reactor fairly; a push
+producer for the transport, so it stops pulling chunks while the client is
+slow; and the one suspension mechanism every asynchronous extension reuses:
+when the app yields C{b''} the engine sleeps until L{Engine.wake} is called
+(out-of-band, so it works through middleware that wraps the iterable), or,
+if no wake source is waiting, retries with an exponentially growing delay.
+
+Each call to C{__next__} is one step: pull one chunk and handle it.  A step
+returns L{None} (go on), a L{Deferred} (the cooperator waits for it), or
+raises L{StopIteration} (the exchange is over).
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from txawsgi.errors import InvalidBody
+from txawsgi.response import Response
+from txawsgi.states import Machine, edges
+
+#: Steps run at once in C{start()}, before handing over to the cooperator:
+#: a short response is written within the request's own reactor turn.
+EAGER_STEPS = 8
+
+#: First and longest retry delay (seconds) for an iterable that yields
+#: C{b''} with no wake source waiting.
+BACKOFF_INITIAL = 0.001
+BACKOFF_MAX = 1.0
+
+_END = object()
+
+
+class Run(Enum):
+    """
+    Where an engine is in iterating the application's iterable.
+    """
+
+    #: The application callable is running; there is no iterable yet.
+    CALLING = auto()
+    #: Ready to pull the next chunk.
+    RUNNING = auto()
+    #: A call to the iterable's C{__next__} is in progress (in this thread or
+    #: in a worker).
+    PULLING = auto()
+    #: The app yielded C{b''}; asleep until woken or the backoff timer fires.
+    WAITING = auto()
+    #: The client went away, or a callback crashed, while a pull was in
+    #: progress; ending waits for that pull to return.
+    CANCELLING = auto()
+    #: The iterable is exhausted and the response finished.
+    DONE = auto()
+    #: The application raised; the response failed.
+    FAILED = auto()
+    #: The client went away or the producer was stopped.
+    ABORTED = auto()
+
+
+_RUN_EDGES = edges(
+    Run,
+    {
+        Run.CALLING: {Run.RUNNING, Run.FAILED, Run.ABORTED},
+        Run.RUNNING: {Run.PULLING, Run.DONE, Run.FAILED, Run.ABORTED},
+        Run.PULLING: {Run.RUNNING, Run.WAITING, Run.DONE, Run.FAILED, Run.CANCELLING},
+        Run.WAITING: {Run.RUNNING, Run.FAILED, Run.ABORTED},
+        Run.CANCELLING: {Run.FAILED, Run.ABORTED},
+        Run.DONE: set(),
+        Run.FAILED: set(),
+        Run.ABORTED: set(),
+    },
+)
+
+FINAL = frozenset({Run.DONE, Run.FAILED, Run.ABORTED})
+
+
+class Flow(Enum):
+    """
+    Whether the transport is accepting data (push-producer state).
+    """
+
+    FLOWING = auto()
+    PAUSED = auto()
+
+
+_FLOW_EDGES = edges(
+    Flow,
+    {Flow.FLOWING: {Flow.PAUSED}, Flow.PAUSED: {Flow.FLOWING}},
+)
+
+
+@implementer(IPushProducer)
+class Engine:
+    """
+    Iterate one application iterable into one L{Response}.
+
+    @ivar sources: wake sources (L{IWakeSource}) of this exchange; while any
+        is idle, an empty chunk puts the engine to sleep until L{wake}.
+    @ivar resumed: called (no arguments) when the transport resumes.
+    """
+
+    _log = Logger()
+
+    __slots__ = (
+        "_reactor",
+        "_cooperator",
+        "_threadpool",
+        "_iterable",
+        "_next",
+        "_response",
+        "_ended",
+        "_run",
+        "_flow",
+        "_woken",
+        "_delay",
+        "_timer",
+        "_sleeping",
+        "_unpaused",
+        "_first",
+        "_cancel",
+        "sources",
+        "resumed",
+    )
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        cooperator: Cooperator,
+        response: Response,
+        ended: Callable[[Run], None],
+        threadpool: Optional[ThreadPool] = None,
+    ) -> None:
+        """
+        @param ended: called once with the final L{Run} state, after the
+            response is finished or failed and before the iterable is closed.
+        @param threadpool: when given, C{__next__} and C{close} of the
+            iterable run in it; otherwise in the reactor thread.
+        """
+        self._reactor = reactor
+        self._cooperator = cooperator
+        self._threadpool = threadpool
+        self._iterable: Iterable[bytes] = ()
+        self._next: Optional[Callable[[], Any]] = None
+        self._response = response
+        self._ended = ended
+        self._run = Machine(Run.CALLING, _RUN_EDGES)
+        self._flow = Machine(Flow.FLOWING, _FLOW_EDGES)
+        self._woken = False
+        self._delay = BACKOFF_INITIAL
+        self._timer: Any = None
+        self._sleeping: Optional[Deferred[None]] = None
+        self._unpaused: Optional[Deferred[None]] = None
+        self._first: Optional[Deferred[Any]] = None
+        self._cancel: Optional[Failure] = None
+        self.sources: list[Any] = []
+        self.resumed: Optional[Callable[[], None]] = None
+
+    @property
+    def state(self) -> Run:
+        return self._run.state
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether the transport has asked us to stop producing.
+        """
+        return self._flow.state is Flow.PAUSED
+
+    # -- driving ---------------------------------------------------------
+
+    def start(self, iterable: Iterable[bytes]) -> None:
+        """
+        The application returned C{iterable}: iterate it, a few steps now,
+        the rest under the cooperator.  If the client already left, just
+        close it.
+        """
+        self._iterable = iterable
+        if self._run.state is Run.ABORTED:
+            self._close()
+            return
+        self._run.to(Run.RUNNING)
+        try:
+            self._next = iter(self._iterable).__next__
+        except Exception:
+            self._fail(Failure())
+            return
+        for _ in range(EAGER_STEPS):
+            try:
+                waiting = self.__next__()
+            except StopIteration:
+                return
+            if waiting is not None:
+                self._first = waiting
+                break
+        self._cooperator.cooperate(self)
+
+    def __iter__(self) -> "Engine":
+        return self
+
+    def __next__(self) -> Optional[Deferred[Any]]:
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        state = self._run.state
+        if state is not Run.RUNNING:
+            # WAITING cannot be seen here: the cooperator waits for the
+            # Deferred that ends it.  Anything else is final.
+            raise StopIteration
+        if self._flow.state is Flow.PAUSED:
+            if self._unpaused is None:
+                self._unpaused = Deferred()
+            return self._unpaused
+        self._run.to(Run.PULLING)
+        if self._threadpool is not None:
+            pulled = deferToThreadPool(self._reactor, self._threadpool, self._pull)
+            pulled.addCallbacks(self._handle, self._handle_failure)
+            return pulled
+        try:
+            chunk = self._pull()
+        except Exception:
+            return self._handle_failure(Failure())
+        return self._handle(chunk)
+
+    def _pull(self) -> Any:
+        try:
+            return self._next()  # type: ignore[misc]
+        except StopIteration:
+            return _END
+
+    def _handle(self, chunk: Any) -> Optional[Deferred[None]]:
+        """
+        Act on what one pull produced.  Runs in the reactor thread.
+        """
+        run = self._run
+        if run.state is Run.CANCELLING:
+            self._end_cancelled()
+            return None
+        try:
+            if chunk.__class__ is bytes:
+                if chunk:
+                    run.to(Run.RUNNING)
+                    self._delay = BACKOFF_INITIAL
+                    response = self._response
+                    response.write(chunk)
+                    if response.overflowed:
+                        self._complete()
+                    return None
+                return self._sleep()
+            if chunk is _END:
+                self._complete()
+                return None
+            if isinstance(chunk, bytes):
+                run.to(Run.RUNNING)
+                self._response.write(bytes(chunk))
+                return None
+            raise InvalidBody(
+                f"application iterable yielded {type(chunk).__name__}, not bytes: {chunk!r:.80}"
+            )
+        except Exception:
+            return self._handle_failure(Failure())
+
+    def _handle_failure(self, reason: Failure) -> None:
+        if self._run.state is Run.CANCELLING:
+            self._log.failure("Application error after the exchange was cancelled", reason)
+            self._end_cancelled()
+            return None
+        self._fail(reason)
+        return None
+
+    # -- sleeping and waking -----------------------------------------------
+
+    def _sleep(self) -> Optional[Deferred[None]]:
+        """
+        The app yielded C{b''}: go on at once if woken meanwhile, sleep until
+        woken if a wake source is idle, else back off.
+        """
+        run = self._run
+        if self._woken:
+            self._woken = False
+            run.to(Run.RUNNING)
+            return None
+        run.to(Run.WAITING)
+        for source in self.sources:
+            if source.idle:
+                break
+        else:
+            delay = self._delay
+            self._delay = min(delay * 2, BACKOFF_MAX)
+            self._timer = self._reactor.callLater(delay, self.wake)
+        sleeping = self._sleeping = Deferred()
+        return sleeping
+
+    def wake(self) -> None:
+        """
+        Resume iteration out-of-band: a wake source has something for the
+        application.  Cheap and idempotent; a wake that arrives while the
+        engine is busy makes its next empty chunk not sleep.
+        """
+        state = self._run.state
+        if state is Run.WAITING:
+            self._run.to(Run.RUNNING)
+            self._resume_sleeper()
+        elif state is Run.RUNNING or state is Run.PULLING:
+            self._woken = True
+
+    def _resume_sleeper(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        sleeping, self._sleeping = self._sleeping, None
+        if sleeping is not None:
+            sleeping.callback(None)
+
+    # -- IPushProducer -------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self._flow.state is Flow.FLOWING:
+            self._flow.to(Flow.PAUSED)
+
+    def resumeProducing(self) -> None:
+        if self._flow.state is Flow.PAUSED:
+            self._flow.to(Flow.FLOWING)
+            unpaused, self._unpaused = self._unpaused, None
+            if unpaused is not None:
+                unpaused.callback(None)
+            if self.resumed is not None:
+                self.resumed()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    def drained(self) -> Optional[Deferred[None]]:
+        """
+        L{None} if the transport is accepting data, else a L{Deferred} that
+        fires when it resumes (for blocking writers in worker threads).
+        """
+        if self._flow.state is Flow.FLOWING or self._run.state in FINAL:
+            return None
+        if self._unpaused is None:
+            self._unpaused = Deferred()
+        drained: Deferred[None] = Deferred()
+        self._unpaused.addCallback(lambda ignored: drained.callback(None))
+        return drained
+
+    # -- endings ---------------------------------------------------------
+
+    def abort(self) -> None:
+        """
+        The client went away: stop iterating and close the iterable (once
+        any pull in progress has returned).
+        """
+        state = self._run.state
+        if state in FINAL or state is Run.CANCELLING:
+            return
+        if state is Run.PULLING:
+            self._run.to(Run.CANCELLING)
+            return
+        self._abort_now()
+
+    def crash(self, reason: Failure) -> None:
+        """
+        Something the application runs outside its iterable failed (the
+        application callable itself, or one of its controller callbacks):
+        fail the response as if the iterable had raised.
+        """
+        state = self._run.state
+        if state in FINAL or state is Run.CANCELLING:
+            self._log.failure("Application error after the exchange ended", reason)
+            return
+        if state is Run.PULLING:
+            self._cancel = reason
+            self._run.to(Run.CANCELLING)
+            return
+        self._fail(reason)
+
+    def _end_cancelled(self) -> None:
+        reason, self._cancel = self._cancel, None
+        if reason is None:
+            self._abort_now()
+        else:
+            self._fail(reason)
+
+    def _abort_now(self) -> None:
+        self._run.to(Run.ABORTED)
+        self._response.abort()
+        self._release()
+        self._ended(Run.ABORTED)
+        self._close()
+
+    def _complete(self) -> None:
+        try:
+            self._response.finish()
+        except Exception:
+            self._fail(Failure())
+            return
+        self._run.to(Run.DONE)
+        self._end(Run.DONE)
+
+    def _fail(self, reason: Failure) -> None:
+        self._run.to(Run.FAILED)
+        self._response.fail(reason)
+        self._end(Run.FAILED)
+
+    def _end(self, final: Run) -> None:
+        self._release()
+        self._ended(final)
+        self._close()
+
+    def _release(self) -> None:
+        """
+        Wake whatever the cooperator waits on, so the task ends.
+        """
+        self._resume_sleeper()
+        unpaused, self._unpaused = self._unpaused, None
+        if unpaused is not None:
+            unpaused.callback(None)
+
+    def _close(self) -> None:
+        """
+        Call the iterable's C{close()} (PEP 3333), in the worker pool if the
+        app runs there; an error in it is logged, never raised.
+        """
+        close = getattr(self._iterable, "close", None)
+        self._iterable = ()
+        self._next = None
+        if close is None:
+            return
+        if self._threadpool is not None:
+            closing = deferToThreadPool(self._reactor, self._threadpool, close)
+            closing.addErrback(lambda f: self._log.failure("Error in the application iterable's close()", f))
+            return
+        try:
+            close()
+        except Exception:
+            self._log.failure("Error in the application iterable's close()")

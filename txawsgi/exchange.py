@@ -1,0 +1,156 @@
+"""
+One request/response exchange: builds the environ, calls the application (in
+the reactor or in a worker thread) and wires its iterable, its controller and
+its body to the engine and the response.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet.task import Cooperator
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IRequest
+
+from txawsgi.controller import Controller, Hooks
+from txawsgi.engine import Engine, Run
+from txawsgi.environ import ErrorStream, build_environ
+from txawsgi.errors import ClientDisconnected, WrongEnviron
+from txawsgi.filewrapper import FileWrapper
+from txawsgi.input import BufferedBody
+from txawsgi.interfaces import IRequestBody
+from txawsgi.response import Response
+
+WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+
+
+class Container:
+    """
+    What every exchange of one resource shares: the reactor, the app, where
+    it runs, and the cooperator that schedules iteration.
+    """
+
+    __slots__ = ("reactor", "application", "threadpool", "cooperator", "log", "errors_log")
+
+    def __init__(
+        self,
+        reactor: Any,
+        application: WSGIApplication,
+        threadpool: Optional[ThreadPool],
+        cooperator: Cooperator,
+    ) -> None:
+        self.reactor = reactor
+        self.application = application
+        self.threadpool = threadpool
+        self.cooperator = cooperator
+        self.log = Logger(namespace="txawsgi.app")
+        self.errors_log = Logger(namespace="txawsgi.wsgi.errors")
+
+
+class Exchange:
+    """
+    One request served by one application call.
+    """
+
+    __slots__ = ("_container", "_request", "_body", "_response", "_engine", "_environ", "_controller", "_factory")
+
+    def __init__(self, container: Container, request: IRequest, body: Optional[IRequestBody] = None) -> None:
+        self._container = container
+        self._request = request
+        self._body = body if body is not None else BufferedBody(container.reactor, request.content)
+        self._response = Response(request, container.log)
+        self._engine = Engine(
+            container.reactor,
+            container.cooperator,
+            self._response,
+            self._ended,
+            container.threadpool,
+        )
+        self._controller: Optional[Controller] = None
+        self._factory = self.controller
+        self._environ: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """
+        Serve the request: call the application and start iterating.
+        """
+        container = self._container
+        request = self._request
+        request.defaultContentType = None
+        threaded = container.threadpool is not None
+        environ = self._environ = build_environ(
+            request,
+            input=self._body.file,
+            errors=ErrorStream(container.errors_log),
+            multithread=threaded,
+            file_wrapper=FileWrapper,
+        )
+        environ["awsgi.controller"] = self._factory
+        environ["awsgi.reactor"] = container.reactor
+        response = self._response
+        response.attach(self._engine)
+        request.notifyFinish().addErrback(self._lost)
+        engine = self._engine
+        if threaded:
+            response.app_write = self._write_from_thread
+            calling = deferToThreadPool(
+                container.reactor, container.threadpool, container.application, environ, response.start_response
+            )
+            calling.addCallbacks(engine.start, engine.crash)
+            return
+        try:
+            iterable = container.application(environ, response.start_response)
+        except Exception:
+            engine.crash(Failure())
+            return
+        engine.start(iterable)
+
+    def controller(self, environ: dict[str, Any]) -> Controller:
+        """
+        The C{awsgi.controller} factory: this exchange's controller (one per
+        exchange; asking again returns the same one).
+
+        @param environ: the environ the application received (a copy made by
+            middleware will do); C{on_get} checks its C{wsgi.input}.
+        @raise WrongEnviron: if C{environ} is not this request's.
+        """
+        if not isinstance(environ, dict) or environ.get("awsgi.controller") != self._factory:
+            raise WrongEnviron("awsgi.controller() must be given the environ of its own request")
+        if self._controller is None:
+            engine = self._engine
+            hooks = Hooks(self._container.reactor, engine.wake, lambda: engine.paused, engine.crash)
+            controller = self._controller = Controller(hooks, environ, self._body)
+            engine.sources.append(controller)
+            engine.resumed = controller.check_drain
+        return self._controller
+
+    def _write_from_thread(self, data: bytes) -> None:
+        """
+        The C{write} callable in threadpool mode: hand the bytes to the
+        reactor, then block this worker until the transport accepts more.
+        """
+        blockingCallFromThread(self._container.reactor, self._write_and_wait, data)
+
+    def _write_and_wait(self, data: bytes) -> Any:
+        self._response.write(data)
+        return self._engine.drained()
+
+    def _lost(self, reason: Failure) -> None:
+        """
+        The connection closed before the response finished.
+        """
+        self._response.abort()
+        self._engine.abort()
+
+    def _ended(self, final: Run) -> None:
+        """
+        The engine reached a final state: tell the controller, drop the body.
+        """
+        self._body.close()
+        controller = self._controller
+        if controller is not None:
+            reason = ClientDisconnected("the client went away") if final is Run.ABORTED else None
+            controller.exchange_ended(reason)

@@ -1,0 +1,370 @@
+"""
+The response side of PEP 3333: C{start_response}, header validation, body
+accounting and Content-Length enforcement.
+
+This is the only module that writes response bytes to the Twisted request, so
+every output rule lives here: headers leave with the first non-empty chunk,
+never more than the declared Content-Length is sent, a short body closes the
+connection, an error before output becomes a 500 and an error after output
+aborts the connection so the client sees a truncated response.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum, auto
+from typing import Any, Callable, Optional
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.iweb import IRequest
+
+from txawsgi.errors import (
+    HopByHopHeader,
+    InvalidBody,
+    InvalidHeader,
+    InvalidStatus,
+    StartResponseError,
+)
+from txawsgi.states import Machine, edges
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: Connection-level headers the server owns (RFC 9110 7.6.1, PEP 3333).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: Headers Twisted sets before the app runs; the app's own replace them.
+_SERVER_DEFAULTS = frozenset({"date", "server"})
+
+ERROR_BODY = b"Internal Server Error\n"
+
+
+class Phase(Enum):
+    """
+    Where a response is in its life.
+    """
+
+    #: C{start_response} has not been called.
+    PENDING = auto()
+    #: Status and headers are known but not sent.
+    STARTED = auto()
+    #: Headers are sent; body bytes are flowing.
+    SENDING = auto()
+    #: The response ended cleanly (or was cut deliberately and logged).
+    COMPLETE = auto()
+    #: The connection was aborted or lost; nothing more is written.
+    ABORTED = auto()
+
+
+_EDGES = edges(
+    Phase,
+    {
+        Phase.PENDING: {Phase.STARTED, Phase.SENDING, Phase.ABORTED},
+        Phase.STARTED: {Phase.STARTED, Phase.SENDING, Phase.ABORTED},
+        Phase.SENDING: {Phase.COMPLETE, Phase.ABORTED},
+        Phase.COMPLETE: set(),
+        Phase.ABORTED: set(),
+    },
+)
+
+
+def _latin1(value: Any, error: type[Exception], what: str) -> bytes:
+    """
+    Encode a native string as latin-1, or raise C{error} naming C{what}.
+    """
+    if type(value) is not str:
+        raise error(f"{what} must be a native str, not {type(value).__name__}: {value!r}")
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise error(f"{what} must be latin-1 encodable: {value!r}") from None
+
+
+def check_status(status: Any) -> tuple[int, bytes]:
+    """
+    Validate a PEP 3333 status string.
+
+    @return: the code and the encoded reason phrase.
+    @raise InvalidStatus: if it is not C{"NNN Reason"} in latin-1 without
+        control characters.
+    """
+    raw = _latin1(status, InvalidStatus, "status")
+    if _CONTROL.search(status) or status.find("\t") != -1:
+        raise InvalidStatus(f"status contains a control character: {status!r}")
+    code, space, reason = status.partition(" ")
+    if len(code) != 3 or not code.isdigit() or not space or code[0] == "0":
+        raise InvalidStatus(f"status must look like '200 OK': {status!r}")
+    return int(code), raw[4:]
+
+
+def check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """
+    Validate PEP 3333 response headers.
+
+    @return: the headers encoded as latin-1 byte pairs.
+    @raise InvalidHeader: for anything but a list of C{(str, str)} tuples
+        with token names and values free of control characters.
+    @raise HopByHopHeader: for connection-level headers.
+    """
+    if type(headers) is not list:
+        raise InvalidHeader(f"headers must be a list, not {type(headers).__name__}")
+    encoded = []
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise InvalidHeader(f"each header must be a (name, value) tuple: {item!r}")
+        name, value = item
+        raw_name = _latin1(name, InvalidHeader, "header name")
+        raw_value = _latin1(value, InvalidHeader, f"value of header {name!r}")
+        if not _TOKEN.match(name):
+            raise InvalidHeader(f"invalid header name: {name!r}")
+        if _CONTROL.search(value):
+            raise InvalidHeader(f"header {name!r} has a control character in its value: {value!r}")
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            raise HopByHopHeader(f"hop-by-hop header {name!r} is for the server to set")
+        if lower == "status":
+            raise InvalidHeader("'Status' is not a response header; pass it as the status")
+        encoded.append((raw_name, raw_value.strip(b" \t")))
+    return encoded
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> Optional[int]:
+    """
+    The Content-Length the app declared, or L{None}.
+
+    @raise InvalidHeader: if it is not a single non-negative integer.
+    """
+    found = None
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            if found is not None or not value.isdigit():
+                raise InvalidHeader(f"invalid or repeated Content-Length: {value!r}")
+            found = int(value)
+    return found
+
+
+class Response:
+    """
+    The response of one exchange.
+
+    @ivar app_write: the C{write} callable C{start_response} returns; the
+        exchange sets it (a thread-safe one in threadpool mode).
+    @ivar sent: body bytes handed to the transport.
+    @ivar overflowed: the app sent more than its Content-Length; the excess
+        was dropped and iteration should stop.
+    """
+
+    __slots__ = (
+        "_request",
+        "_log",
+        "_machine",
+        "_code",
+        "_reason",
+        "_headers",
+        "_remaining",
+        "_producer",
+        "app_write",
+        "sent",
+        "overflowed",
+    )
+
+    def __init__(self, request: IRequest, log: Logger) -> None:
+        self._request = request
+        self._log = log
+        self._machine = Machine(Phase.PENDING, _EDGES)
+        self._code = 200
+        self._reason = b"OK"
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._remaining: Optional[int] = None
+        self._producer: Any = None
+        self.app_write: Callable[[bytes], None] = self.write
+        self.sent = 0
+        self.overflowed = False
+
+    @property
+    def phase(self) -> Phase:
+        return self._machine.state
+
+    @property
+    def headers_sent(self) -> bool:
+        """
+        Whether the status line has gone out (so errors can only abort).
+        """
+        return self._machine.state is not Phase.PENDING and self._machine.state is not Phase.STARTED
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        """
+        PEP 3333 C{start_response}.
+
+        With C{exc_info} it may be called again to replace a status that has
+        not been sent; once output has started it re-raises C{exc_info}.
+        """
+        state = self._machine.state
+        if exc_info is not None:
+            try:
+                if state is not Phase.PENDING and state is not Phase.STARTED:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif state is not Phase.PENDING:
+            raise StartResponseError("start_response() called a second time without exc_info")
+        code, reason = check_status(status)
+        encoded = check_headers(headers)
+        remaining = _declared_length(encoded)
+        self._code, self._reason, self._headers, self._remaining = code, reason, encoded, remaining
+        self._machine.to(Phase.STARTED)
+        return self.app_write
+
+    def attach(self, producer: Any) -> None:
+        """
+        Register C{producer} (push) with the request, for backpressure; it
+        is unregistered when the response ends, before the request finishes
+        (a keep-alive connection's next request registers its own).
+        """
+        self._producer = producer
+        self._request.registerProducer(producer, True)
+
+    def _detach(self) -> None:
+        if self._producer is not None:
+            self._producer = None
+            if self._request.channel is not None:
+                self._request.unregisterProducer()
+
+    def _send_headers(self) -> None:
+        request = self._request
+        request.setResponseCode(self._code, self._reason)
+        response_headers = request.responseHeaders
+        for name, value in self._headers:
+            if name.lower().decode("ascii") in _SERVER_DEFAULTS and response_headers.hasHeader(name):
+                response_headers.removeHeader(name)
+        for name, value in self._headers:
+            response_headers.addRawHeader(name, value)
+        self._machine.to(Phase.SENDING)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send body bytes, sending the headers first if they are still held.
+
+        @raise InvalidBody: if C{data} is not bytes.
+        @raise StartResponseError: before C{start_response}.
+        """
+        if type(data) is not bytes:
+            if not isinstance(data, bytes):
+                raise InvalidBody(f"response body must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        state = self._machine.state
+        if state is Phase.PENDING:
+            raise StartResponseError("body data before start_response()")
+        if not data or state is Phase.ABORTED:
+            return
+        if state is Phase.STARTED:
+            self._send_headers()
+        elif state is Phase.COMPLETE:
+            raise StartResponseError("body data after the response ended")
+        remaining = self._remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                if not self.overflowed:
+                    self._log.error(
+                        "Application sent more than its Content-Length {length}; "
+                        "the excess was not sent",
+                        length=self.sent + remaining,
+                    )
+                self.overflowed = True
+                data = data[:remaining]
+            self._remaining = remaining - len(data)
+            if not data:
+                return
+        self.sent += len(data)
+        self._request.write(data)
+
+    def finish(self) -> None:
+        """
+        End the response: send held headers, then complete it, or close the
+        connection if fewer bytes than the declared Content-Length were sent.
+
+        @raise StartResponseError: if C{start_response} was never called.
+        """
+        state = self._machine.state
+        if state is Phase.ABORTED:
+            return
+        if state is Phase.PENDING:
+            raise StartResponseError("the application returned without calling start_response()")
+        if state is Phase.STARTED:
+            self._send_headers()
+        request = self._request
+        self._machine.to(Phase.COMPLETE)
+        self._detach()
+        short = self._remaining
+        if short and request.method != b"HEAD" and self._code not in NO_BODY_CODES:
+            self._log.error(
+                "Application sent {sent} bytes of a declared Content-Length "
+                "of {length}; closing the connection",
+                sent=self.sent,
+                length=self.sent + short,
+            )
+            request.loseConnection()
+            return
+        request.finish()
+
+    def fail(self, reason: Failure) -> None:
+        """
+        The application failed: log the traceback, then answer 500 if nothing
+        was sent yet, or abort the connection so the client sees a truncated
+        response rather than a clean end.
+        """
+        state = self._machine.state
+        if state is Phase.ABORTED or state is Phase.COMPLETE:
+            self._log.failure("Application error after the response ended", reason)
+            return
+        self._log.failure("Application error", reason)
+        request = self._request
+        self._detach()
+        if state is Phase.SENDING:
+            self._machine.to(Phase.ABORTED)
+            abort_connection(request)
+            return
+        self._code, self._reason = 500, b"Internal Server Error"
+        self._headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(ERROR_BODY)),
+        ]
+        self._remaining = len(ERROR_BODY)
+        self._machine.to(Phase.STARTED)
+        self.write(ERROR_BODY)
+        self._machine.to(Phase.COMPLETE)
+        request.finish()
+
+    def abort(self) -> None:
+        """
+        The client went away: nothing more will be written.
+        """
+        self._detach()
+        if self._machine.state is not Phase.COMPLETE and self._machine.state is not Phase.ABORTED:
+            self._machine.to(Phase.ABORTED)
+
+
+def abort_connection(request: IRequest) -> None:
+    """
+    Drop the request's connection without a clean end of response.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    (abort or transport.loseConnection)()
