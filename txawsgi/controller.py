@@ -239,7 +239,7 @@ class Controller:
     def _make_lost(self, errback: Optional[Callable[[BaseException], Any]]) -> Callable[[BaseException], None]:
         def lost(reason: BaseException) -> None:
             self._get_pending = False
-            if errback is not None:
+            if errback is not None and self._output.state is not Output.CLOSED:
                 self._call_app(errback, reason)
 
         return lost

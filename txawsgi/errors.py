@@ -107,3 +107,10 @@ class IllegalTransition(AWSGIError, RuntimeError):
     A state machine was asked to move along an edge it does not have; always a
     bug in txawsgi or in an extension built on it.
     """
+
+
+class BodyTooLarge(BodyTruncated):
+    """
+    The request body passed the configured maximum size; the client got (or
+    will get) a 413.
+    """

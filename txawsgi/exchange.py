@@ -18,9 +18,9 @@ from twisted.web.iweb import IRequest
 from txawsgi.controller import Controller, Hooks
 from txawsgi.engine import Engine, Run
 from txawsgi.environ import ErrorStream, build_environ
-from txawsgi.errors import ClientDisconnected, WrongEnviron
+from txawsgi.errors import BodyTooLarge, ClientDisconnected, WrongEnviron
 from txawsgi.filewrapper import FileWrapper
-from txawsgi.input import BufferedBody
+from txawsgi.input import BufferedBody, SpooledBody, StreamingBody
 from txawsgi.interfaces import IRequestBody
 from txawsgi.response import Response
 
@@ -33,7 +33,7 @@ class Container:
     it runs, and the cooperator that schedules iteration.
     """
 
-    __slots__ = ("reactor", "application", "threadpool", "cooperator", "log", "errors_log")
+    __slots__ = ("reactor", "application", "threadpool", "cooperator", "stream_input", "max_body", "log", "errors_log")
 
     def __init__(
         self,
@@ -41,11 +41,15 @@ class Container:
         application: WSGIApplication,
         threadpool: Optional[ThreadPool],
         cooperator: Cooperator,
+        stream_input: bool = False,
+        max_body: Optional[int] = None,
     ) -> None:
         self.reactor = reactor
         self.application = application
         self.threadpool = threadpool
         self.cooperator = cooperator
+        self.stream_input = stream_input
+        self.max_body = max_body
         self.log = Logger(namespace="txawsgi.app")
         self.errors_log = Logger(namespace="txawsgi.wsgi.errors")
 
@@ -57,10 +61,9 @@ class Exchange:
 
     __slots__ = ("_container", "_request", "_body", "_response", "_engine", "_environ", "_controller", "_factory")
 
-    def __init__(self, container: Container, request: IRequest, body: Optional[IRequestBody] = None) -> None:
+    def __init__(self, container: Container, request: IRequest) -> None:
         self._container = container
         self._request = request
-        self._body = body if body is not None else BufferedBody(container.reactor, request.content)
         self._response = Response(request, container.log)
         self._engine = Engine(
             container.reactor,
@@ -72,6 +75,37 @@ class Exchange:
         self._controller: Optional[Controller] = None
         self._factory = self.controller
         self._environ: dict[str, Any] = {}
+        self._body: IRequestBody = BufferedBody(container.reactor, request.content)
+
+    def _choose_body(self) -> Optional[BodyTooLarge]:
+        """
+        Pick how the body reaches the app: as Twisted buffered it, streamed
+        (threadpool or C{stream_input}), or spooled before the call.
+
+        @return: why the body is refused outright, if it is.
+        """
+        container = self._container
+        request = self._request
+        max_body = container.max_body
+        if max_body is not None:
+            declared = request.requestHeaders.getRawHeaders(b"content-length")
+            if declared and int(declared[0]) > max_body:
+                return BodyTooLarge(f"declared body of {int(declared[0])} bytes is over the limit of {max_body}")
+        if not getattr(request, "dispatched_at_headers", False):
+            return None
+        if container.threadpool is not None or container.stream_input:
+            body: Any = StreamingBody(container.reactor, request, max_body=max_body, overflow=self._too_large)
+        else:
+            body = SpooledBody(container.reactor, request, max_body=max_body, overflow=self._too_large)
+        self._body = request.body_sink = body
+        return None
+
+    def _too_large(self, reason: BodyTooLarge) -> None:
+        """
+        The body passed the limit while arriving: answer 413 (or abort, if
+        the response has started).
+        """
+        self._engine.crash(Failure(reason))
 
     def start(self) -> None:
         """
@@ -81,6 +115,7 @@ class Exchange:
         request = self._request
         request.defaultContentType = None
         threaded = container.threadpool is not None
+        refused = self._choose_body()
         environ = self._environ = build_environ(
             request,
             input=self._body.file,
@@ -93,8 +128,26 @@ class Exchange:
         response = self._response
         response.attach(self._engine)
         request.notifyFinish().addErrback(self._lost)
+        if refused is not None:
+            self._engine.crash(Failure(refused))
+            return
+        ready = self._body.ready()
+        if ready is None:
+            self._call()
+        else:
+            ready.addCallbacks(lambda ignored: self._call(), lambda reason: None)
+
+    def _call(self) -> None:
+        """
+        Call the application, in the reactor or a worker thread.
+        """
+        container = self._container
+        environ = self._environ
+        response = self._response
         engine = self._engine
-        if threaded:
+        if engine.state is not Run.CALLING:
+            return
+        if container.threadpool is not None:
             response.app_write = self._write_from_thread
             calling = deferToThreadPool(
                 container.reactor, container.threadpool, container.application, environ, response.start_response

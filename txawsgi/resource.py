@@ -36,14 +36,29 @@ class AWSGIResource(Resource):
     @param application: the WSGI application callable.
     @param threadpool: a started L{ThreadPool} for blocking applications, or
         L{None} to run in the reactor thread.
+    @param stream_input: in the reactor thread, call the application as
+        soon as the request headers are in (under an L{AWSGISite}) and let
+        the body stream to C{on_get}; a C{wsgi.input} read that would block
+        raises L{WouldBlock}.  Otherwise a plain application is called once
+        the whole body is in.  Threadpool mode always streams.
+    @param max_body: the largest request body accepted, in bytes; larger
+        ones get a 413.  L{None} for no limit.
     """
 
     isLeaf = True
 
-    def __init__(self, reactor: Any, application: WSGIApplication, threadpool: Optional[ThreadPool] = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        application: WSGIApplication,
+        threadpool: Optional[ThreadPool] = None,
+        *,
+        stream_input: bool = False,
+        max_body: Optional[int] = None,
+    ) -> None:
         super().__init__()
         cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
-        self._container = Container(reactor, application, threadpool, cooperator)
+        self._container = Container(reactor, application, threadpool, cooperator, stream_input, max_body)
 
     def render(self, request: IRequest) -> Any:
         Exchange(self._container, request).start()

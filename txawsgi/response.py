@@ -21,6 +21,7 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.iweb import IRequest
 
 from txawsgi.errors import (
+    BodyTooLarge,
     HopByHopHeader,
     InvalidBody,
     InvalidHeader,
@@ -52,6 +53,7 @@ HOP_BY_HOP = frozenset(
 _SERVER_DEFAULTS = frozenset({"date", "server"})
 
 ERROR_BODY = b"Internal Server Error\n"
+TOO_LARGE_BODY = b"Request Entity Too Large\n"
 
 
 class Phase(Enum):
@@ -324,29 +326,39 @@ class Response:
 
     def fail(self, reason: Failure) -> None:
         """
-        The application failed: log the traceback, then answer 500 if nothing
-        was sent yet, or abort the connection so the client sees a truncated
-        response rather than a clean end.
+        The exchange failed: answer with an error status if nothing was sent
+        yet, or abort the connection so the client sees a truncated response
+        rather than a clean end.
+
+        An application error is a 500 with its traceback in the log only; a
+        request body over the limit (L{BodyTooLarge}) is a 413.
         """
         state = self._machine.state
+        too_large = reason.check(BodyTooLarge) is not None
         if state is Phase.ABORTED or state is Phase.COMPLETE:
-            self._log.failure("Application error after the response ended", reason)
+            if not too_large:
+                self._log.failure("Application error after the response ended", reason)
             return
-        self._log.failure("Application error", reason)
+        if too_large:
+            self._log.info("Refused request body: {reason}", reason=reason.value)
+            code, phrase, body = 413, b"Request Entity Too Large", TOO_LARGE_BODY
+        else:
+            self._log.failure("Application error", reason)
+            code, phrase, body = 500, b"Internal Server Error", ERROR_BODY
         request = self._request
         self._detach()
         if state is Phase.SENDING:
             self._machine.to(Phase.ABORTED)
             abort_connection(request)
             return
-        self._code, self._reason = 500, b"Internal Server Error"
+        self._code, self._reason = code, phrase
         self._headers = [
             (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"Content-Length", b"%d" % len(ERROR_BODY)),
+            (b"Content-Length", b"%d" % len(body)),
         ]
-        self._remaining = len(ERROR_BODY)
+        self._remaining = len(body)
         self._machine.to(Phase.STARTED)
-        self.write(ERROR_BODY)
+        self.write(body)
         self._machine.to(Phase.COMPLETE)
         request.finish()
 

@@ -1,0 +1,263 @@
+"""
+L{AWSGISite}: a Twisted site that streams request bodies to AWSGI resources.
+
+Twisted reads every request body into memory or a temporary file before any
+resource runs.  An L{AWSGISite} looks at the resource a request reaches as
+soon as its headers are in: if that resource provides L{IAWSGIResource} and
+a body is coming, the request is dispatched right away and the body is fed
+to it as it arrives, with backpressure.  Every other resource in the tree
+keeps Twisted's buffered behaviour.
+
+HTTP/2 streams (Twisted's C{H2Connection}) keep the buffered behaviour too:
+Twisted's HTTP/2 code does not expose the request head before the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.http import parse_qs
+from zope.interface import implementer
+
+from txawsgi.input import IBodyFlow, IBodySink
+from txawsgi.interfaces import IAWSGIResource
+
+try:
+    from twisted.web.http import _GenericHTTPChannelProtocol
+except ImportError:  # pragma: no cover - a Twisted that moved it
+    _GenericHTTPChannelProtocol = None
+
+#: How long a connection whose response ended before its request body did
+#: keeps reading (and discarding) so the client sees the response, not a
+#: reset, before it is closed.
+LINGER = 2.0
+
+
+class _Valve:
+    """
+    The transport's reading, paused while anyone wants it paused: the channel
+    (its own pipelining and write-side backpressure) or a streamed body (its
+    high-water mark).  Each party's pause is a reason, not a count.
+    """
+
+    __slots__ = ("_producer", "_reasons")
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self._reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        if not self._reasons:
+            self._producer.pauseProducing()
+        self._reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._producer.resumeProducing()
+
+    # What HTTPChannel calls on its network producer:
+    def pauseProducing(self) -> None:
+        self.hold("channel")
+
+    def resumeProducing(self) -> None:
+        self.release("channel")
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+@implementer(IBodyFlow)
+class AWSGIRequest(server.Request):
+    """
+    A request that can be dispatched when its headers are in.
+
+    @ivar body_sink: where the body goes once dispatched (set by the resource
+        that took the request).
+    """
+
+    _log = Logger()
+
+    dispatched_at_headers = False
+    body_sink: Optional[IBodySink] = None
+    _body_complete = False
+    _continue_sent = False
+
+    def dispatch_at_headers(self, command: bytes, uri: bytes, version: bytes) -> bool:
+        """
+        Find the resource for this request before its body arrives; if it is
+        an AWSGI resource, render it now and return C{True}.  Otherwise leave
+        the request as it was (Twisted will process it once the body is in).
+        """
+        self.method, self.uri, self.clientproto = command, uri, version
+        path, _, query = uri.partition(b"?")
+        self.path = path
+        self.site = self.channel.site
+        self.prepath = []
+        self.postpath = list(map(http.unquote, path[1:].split(b"/")))
+        try:
+            resource = self.site.getResourceFor(self)
+        except Exception:
+            resource = None
+        if resource is None or not IAWSGIResource.providedBy(resource) or path == b"*":
+            del self.method, self.uri, self.clientproto, self.path, self.prepath, self.postpath
+            return False
+        self.args = parse_qs(query, 1) if query else {}
+        self.dispatched_at_headers = True
+        self.setHeader(b"Server", server.version)
+        self.setHeader(b"Date", http.datetimeToString())
+        try:
+            self.render(resource)
+        except Exception:
+            self.processingFailed(Failure())
+        return True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self.dispatched_at_headers:
+            super().handleContentChunk(data)
+        elif self.body_sink is not None:
+            self.body_sink.feed(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.dispatched_at_headers:
+            super().requestReceived(command, path, version)
+            return
+        self._body_complete = True
+        if self.body_sink is not None:
+            self.body_sink.end()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.dispatched_at_headers and not self._body_complete and self.body_sink is not None:
+            self.body_sink.lose(reason.value)
+        super().connectionLost(reason)
+
+    def finish(self) -> None:
+        if self.dispatched_at_headers and not self._body_complete and self.channel is not None:
+            # Answered before the body ended: the rest of the body must never
+            # be parsed as a request.  Let the client read the response, then
+            # close.
+            self.channel.linger_after(self)
+        super().finish()
+
+    # -- IBodyFlow ------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self.channel is not None:
+            self.channel.valve.hold("body")
+
+    def resume_reading(self) -> None:
+        if self.channel is not None:
+            self.channel.valve.release("body")
+
+    def send_continue(self) -> None:
+        if self._continue_sent or self.startedWriting or self.channel is None:
+            return
+        self._continue_sent = True
+        expect = self.requestHeaders.getRawHeaders(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and self.clientproto == b"HTTP/1.1":
+            self.channel._send100Continue()
+
+
+class AWSGIChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel that lets an L{AWSGIRequest} take its body as it
+    arrives and decide when to send C{100 Continue}.
+    """
+
+    valve: _Valve
+    _lingering = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.valve = self._networkProducer = _Valve(self._networkProducer)
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        if (
+            self.length != 0
+            and isinstance(request, AWSGIRequest)
+            and request.dispatch_at_headers(self._command, self._path, self._version)
+        ):
+            return
+        request.gotLength(self.length)
+        expect = request.requestHeaders.getRawHeaders(b"Expect")
+        if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
+            self._send100Continue()
+
+    def allContentReceived(self) -> None:
+        if not self.requests:
+            # The request was answered before its body ended and the
+            # connection is closing: swallow the rest.
+            self._handlingRequest = True
+            self._transferDecoder = None
+            self.setRawMode()
+            return
+        super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        super().rawDataReceived(data)
+
+    def linger_after(self, request: AWSGIRequest) -> None:
+        """
+        C{request} was answered before its body ended: close the connection
+        once the response is out, reading (and dropping) what the client
+        still sends meanwhile, so it sees the response rather than a reset.
+        """
+        self.persistent = False
+        self._lingering_request = request
+
+    def loseConnection(self) -> None:
+        if getattr(self, "_lingering_request", None) is None or self.transport is None:
+            super().loseConnection()
+            return
+        self._lingering_request = None
+        self._lingering = True
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.valve.release("body")
+        self.valve.release("channel")
+        try:
+            self.transport.loseWriteConnection()
+        except AttributeError:
+            super().loseConnection()
+            return
+        self.callLater(LINGER, self._stop_lingering)
+
+    def _stop_lingering(self) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.transport.loseConnection()
+
+
+def _channel_protocol(factory: http.HTTPFactory) -> Any:
+    """
+    The protocol of an L{AWSGISite}: Twisted's HTTP/1.1-or-HTTP/2 switch
+    around an L{AWSGIChannel}.
+    """
+    if _GenericHTTPChannelProtocol is None:  # pragma: no cover
+        return AWSGIChannel()
+    return _GenericHTTPChannelProtocol(AWSGIChannel())
+
+
+class AWSGISite(server.Site):
+    """
+    A L{server.Site} whose requests to AWSGI resources stream their bodies.
+
+    Use it wherever you would use a C{Site}: C{AWSGISite(resource)}.  Other
+    resources in the tree are served exactly as by a plain C{Site}.
+    """
+
+    requestFactory = AWSGIRequest
+    protocol = _channel_protocol
+
+
+__all__ = ["AWSGISite", "AWSGIRequest", "AWSGIChannel"]
