@@ -22,7 +22,7 @@ from twisted.web import http, server
 from twisted.web.http import parse_qs
 from zope.interface import implementer
 
-from txawsgi.input import IBodyFlow, IBodySink
+from txawsgi.input import Body, IBodyFlow, IBodySink
 from txawsgi.interfaces import IAWSGIResource
 
 try:
@@ -138,6 +138,26 @@ class AWSGIRequest(server.Request):
             self.body_sink.lose(reason.value)
         super().connectionLost(reason)
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self._ends_before_body():
+            # The connection will close after this response (see finish):
+            # say so in it (RFC 9112 section 9.6), so the client does not
+            # reuse it.
+            self.channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        super().write(data)
+
+    def _ends_before_body(self) -> bool:
+        """
+        Whether a response starting now will almost surely end before the
+        request body does: the body is still coming but the application
+        never asked for it, or it was refused (too large).
+        """
+        if not self.dispatched_at_headers or self._body_complete or self.channel is None:
+            return False
+        sink = self.body_sink
+        return not self._continue_sent or sink is None or getattr(sink, "state", Body.OPEN) is not Body.OPEN
+
     def finish(self) -> None:
         if self.dispatched_at_headers and not self._body_complete and self.channel is not None:
             # Answered before the body ended: the rest of the body must never
@@ -173,6 +193,8 @@ class AWSGIChannel(http.HTTPChannel):
 
     valve: _Valve
     _lingering = False
+    _lingering_request: Optional[AWSGIRequest] = None
+    _linger_call: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -218,24 +240,32 @@ class AWSGIChannel(http.HTTPChannel):
         self._lingering_request = request
 
     def loseConnection(self) -> None:
-        if getattr(self, "_lingering_request", None) is None or self.transport is None:
+        if self._lingering_request is None or self.transport is None:
             super().loseConnection()
             return
         self._lingering_request = None
         self._lingering = True
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.valve.unregisterProducer()
         self.valve.release("body")
         self.valve.release("channel")
         try:
             self.transport.loseWriteConnection()
         except AttributeError:
-            super().loseConnection()
+            self.transport.loseConnection()
             return
-        self.callLater(LINGER, self._stop_lingering)
+        self._linger_call = self.callLater(LINGER, self._stop_lingering)
 
     def _stop_lingering(self) -> None:
+        self._linger_call = None
         if self.transport is not None and self.transport.connected:
             self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        call, self._linger_call = self._linger_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)
 
 
 def _channel_protocol(factory: http.HTTPFactory) -> Any:
