@@ -94,6 +94,8 @@ class Controller:
         "_drain",
         "_close",
         "_reason",
+        "_shutdown",
+        "_shutting_down",
     )
 
     def __init__(self, hooks: Hooks, environ: dict[str, Any], body: IRequestBody) -> None:
@@ -109,6 +111,8 @@ class Controller:
         self._drain: list[Callable[[], Any]] = []
         self._close: list[Callable[[Optional[BaseException]], Any]] = []
         self._reason: Optional[BaseException] = None
+        self._shutdown: list[Callable[[], Any]] = []
+        self._shutting_down = False
 
     # -- helpers -----------------------------------------------------------
 
@@ -157,23 +161,40 @@ class Controller:
             raise InvalidBody(f"put() takes bytes, not {type(data).__name__}")
         if self._finish_called:
             raise AlreadyFinished("put() after finish()")
+        # Counted here, not when the reactor queues the bytes: a producer in
+        # another thread must see its own puts at once, or it could put
+        # without limit before the reactor catches up.
+        with self._lock:
+            queued = self._queued
+            if self._output.state is not Output.CLOSED:
+                self._queued = queued + len(data)
         if data:
             self._in_reactor(self._put, data)
-        return self._queued + len(data) < HIGH_WATER and not self._hooks.paused()
+        # After the exchange ended the bytes were dropped: say so (False).
+        return (
+            queued + len(data) < HIGH_WATER
+            and not self._hooks.paused()
+            and self._output.state is not Output.CLOSED
+        )
 
     def _put(self, data: bytes) -> None:
-        if self._output.state is not Output.OPEN:
-            return
         with self._lock:
+            state = self._output.state
+            if state is not Output.OPEN:
+                if state is not Output.CLOSED:
+                    self._queued -= len(data)
+                return
             self._queue.append(data)
-            self._queued += len(data)
         self._hooks.wake()
 
     def finish(self) -> None:
         if self._finish_called:
             raise AlreadyFinished("finish() called twice")
         self._finish_called = True
-        self._in_reactor(self._finish)
+        # Always through the reactor's thread-call queue, even from the
+        # reactor thread: puts that other threads made before this call wait
+        # in that queue, and must not be dropped by an end applied first.
+        self._hooks.reactor.callFromThread(self._finish)
 
     def _finish(self) -> None:
         if self._output.state is Output.OPEN:
@@ -189,7 +210,8 @@ class Controller:
             with self._lock:
                 data = queue.popleft() if len(queue) == 1 else b"".join(queue)
                 queue.clear()
-                self._queued = 0
+                # Bytes put from another thread may be counted, not queued yet.
+                self._queued -= len(data)
             if self._drain:
                 self._in_reactor(self.check_drain)
             return data
@@ -215,6 +237,18 @@ class Controller:
             callbacks, self._drain = self._drain, []
             for callback in callbacks:
                 self._soon(callback)
+
+    def fail(self, reason: Optional[Any] = None) -> None:
+        """
+        End the exchange with an error the application met asynchronously:
+        a 500 if nothing was sent (the traceback goes to the log), else a cut
+        connection.  C{reason} defaults to the exception being handled.
+        """
+        if isinstance(reason, Failure):
+            failure = reason
+        else:
+            failure = Failure(reason) if reason is not None else Failure()
+        self._in_reactor(self._hooks.crash, failure)
 
     # -- input ---------------------------------------------------------------
 
@@ -244,6 +278,39 @@ class Controller:
 
         return lost
 
+    # -- server shutdown -----------------------------------------------------
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def on_shutdown(self, callback: Callable[[], Any]) -> None:
+        self._in_reactor(self._on_shutdown, callback)
+
+    def _on_shutdown(self, callback: Callable[[], Any]) -> None:
+        if self._output.state is Output.CLOSED:
+            return
+        if self._shutting_down:
+            self._soon(self._shutdown_callback, callback)
+        else:
+            self._shutdown.append(callback)
+
+    def server_shutting_down(self) -> None:
+        """
+        Called by the exchange, in the reactor, once: the server began a
+        graceful shutdown.  Runs the C{on_shutdown} callbacks soon.
+        """
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        callbacks, self._shutdown = self._shutdown, []
+        for callback in callbacks:
+            self._soon(self._shutdown_callback, callback)
+
+    def _shutdown_callback(self, callback: Callable[[], Any]) -> None:
+        if self._output.state is not Output.CLOSED:
+            callback()
+
     # -- the end ---------------------------------------------------------------
 
     def on_close(self, callback: Callable[[Optional[BaseException]], Any]) -> None:
@@ -268,6 +335,7 @@ class Controller:
             self._queue.clear()
             self._queued = 0
         self._drain = []
+        self._shutdown = []
         callbacks, self._close = self._close, []
         for callback in callbacks:
             try:

@@ -183,11 +183,12 @@ class Engine:
     def start(self, iterable: Iterable[bytes]) -> None:
         """
         The application returned C{iterable}: iterate it, a few steps now,
-        the rest under the cooperator.  If the client already left, just
-        close it.
+        the rest under the cooperator.  If the exchange already ended (the
+        client left, or a controller callback failed, while the application
+        callable ran in a worker), just close it.
         """
         self._iterable = iterable
-        if self._run.state is Run.ABORTED:
+        if self._run.state in FINAL:
             self._close()
             return
         self._run.to(Run.RUNNING)

@@ -77,6 +77,7 @@ def build_environ(
     errors: Any,
     multithread: bool,
     file_wrapper: Callable[..., Any],
+    multiprocess: bool = False,
 ) -> dict[str, Any]:
     """
     Build the environ for C{request}.
@@ -88,6 +89,7 @@ def build_environ(
     @param input: the object to install as C{wsgi.input}.
     @param errors: the object to install as C{wsgi.errors}.
     @param multithread: whether the application runs in a threadpool.
+    @param multiprocess: whether other processes serve the same application.
     @param file_wrapper: the C{wsgi.file_wrapper} callable.
     """
     prepath = request.prepath
@@ -109,7 +111,7 @@ def build_environ(
         "wsgi.input": input,
         "wsgi.errors": errors,
         "wsgi.multithread": multithread,
-        "wsgi.multiprocess": False,
+        "wsgi.multiprocess": multiprocess,
         "wsgi.run_once": False,
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": file_wrapper,

@@ -114,3 +114,18 @@ class BodyTooLarge(BodyTruncated):
     The request body passed the configured maximum size; the client got (or
     will get) a 413.
     """
+
+
+class RequestTimedOut(AWSGIError, TimeoutError):
+    """
+    The application did not finish its response within the server's request
+    timeout; the client got a 503 (or a cut response, if it had started).
+    """
+
+
+class ExtensionMisuse(AWSGIError):
+    """
+    An asynchronous extension (C{x-wsgiorg.fdevent}, C{x-wsgiorg.suspend})
+    was misused: called twice before the application yielded, or followed by
+    a non-empty chunk instead of C{b''}.
+    """

@@ -6,12 +6,13 @@ its body to the engine and the response.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.task import Cooperator
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
@@ -21,7 +22,7 @@ from txawsgi.environ import ErrorStream, build_environ
 from txawsgi.errors import BodyTooLarge, ClientDisconnected, WrongEnviron
 from txawsgi.filewrapper import FileWrapper
 from txawsgi.input import BufferedBody, SpooledBody, StreamingBody
-from txawsgi.interfaces import IRequestBody
+from txawsgi.interfaces import IExchangeObserver, IRequestBody
 from txawsgi.response import Response
 
 WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
@@ -33,7 +34,18 @@ class Container:
     it runs, and the cooperator that schedules iteration.
     """
 
-    __slots__ = ("reactor", "application", "threadpool", "cooperator", "stream_input", "max_body", "log", "errors_log")
+    __slots__ = (
+        "reactor",
+        "application",
+        "threadpool",
+        "cooperator",
+        "stream_input",
+        "max_body",
+        "log",
+        "errors_log",
+        "observers",
+        "multiprocess",
+    )
 
     def __init__(
         self,
@@ -43,7 +55,14 @@ class Container:
         cooperator: Cooperator,
         stream_input: bool = False,
         max_body: Optional[int] = None,
+        observers: Sequence[IExchangeObserver] = (),
+        multiprocess: bool = False,
     ) -> None:
+        """
+        @param observers: told when each exchange starts and ends.
+        @param multiprocess: C{wsgi.multiprocess} (other processes serve the
+            same application).
+        """
         self.reactor = reactor
         self.application = application
         self.threadpool = threadpool
@@ -52,6 +71,8 @@ class Container:
         self.max_body = max_body
         self.log = Logger(namespace="txawsgi.app")
         self.errors_log = Logger(namespace="txawsgi.wsgi.errors")
+        self.observers = tuple(observers)
+        self.multiprocess = multiprocess
 
 
 class Exchange:
@@ -59,7 +80,17 @@ class Exchange:
     One request served by one application call.
     """
 
-    __slots__ = ("_container", "_request", "_body", "_response", "_engine", "_environ", "_controller", "_factory")
+    __slots__ = (
+        "_container",
+        "_request",
+        "_body",
+        "_response",
+        "_engine",
+        "_environ",
+        "_controller",
+        "_factory",
+        "_shutting_down",
+    )
 
     def __init__(self, container: Container, request: IRequest) -> None:
         self._container = container
@@ -76,6 +107,14 @@ class Exchange:
         self._factory = self.controller
         self._environ: dict[str, Any] = {}
         self._body: IRequestBody = BufferedBody(container.reactor, request.content)
+        self._shutting_down = False
+
+    @property
+    def request(self) -> IRequest:
+        """
+        The Twisted request this exchange answers.
+        """
+        return self._request
 
     def _choose_body(self) -> Optional[BodyTooLarge]:
         """
@@ -113,6 +152,8 @@ class Exchange:
         """
         container = self._container
         request = self._request
+        for observer in container.observers:
+            observer.exchange_started(self)
         request.defaultContentType = None
         threaded = container.threadpool is not None
         refused = self._choose_body()
@@ -121,6 +162,7 @@ class Exchange:
             input=self._body.file,
             errors=ErrorStream(container.errors_log),
             multithread=threaded,
+            multiprocess=container.multiprocess,
             file_wrapper=FileWrapper,
         )
         environ["awsgi.controller"] = self._factory
@@ -178,6 +220,8 @@ class Exchange:
             controller = self._controller = Controller(hooks, environ, self._body)
             engine.sources.append(controller)
             engine.resumed = controller.check_drain
+            if self._shutting_down:
+                controller.server_shutting_down()
         return self._controller
 
     def _write_from_thread(self, data: bytes) -> None:
@@ -185,11 +229,32 @@ class Exchange:
         The C{write} callable in threadpool mode: hand the bytes to the
         reactor, then block this worker until the transport accepts more.
         """
+        if isInIOThread():
+            # A controller callback (reactor thread) called write(): waiting
+            # for the reactor here would deadlock it, so write at once.
+            self._response.write(data)
+            return
         blockingCallFromThread(self._container.reactor, self._write_and_wait, data)
 
     def _write_and_wait(self, data: bytes) -> Any:
         self._response.write(data)
         return self._engine.drained()
+
+    def notify_shutdown(self) -> None:
+        """
+        The server began a graceful shutdown: tell the application through
+        its controller (now, or when it asks for one).
+        """
+        self._shutting_down = True
+        if self._controller is not None:
+            self._controller.server_shutting_down()
+
+    def cancel(self, reason: Failure) -> None:
+        """
+        End the exchange from outside (e.g. a request timeout): fail it as
+        if the application had raised C{reason}.
+        """
+        self._engine.crash(reason)
 
     def _lost(self, reason: Failure) -> None:
         """
@@ -202,8 +267,17 @@ class Exchange:
         """
         The engine reached a final state: tell the controller, drop the body.
         """
+        if final is Run.ABORTED:
+            # The transport stops its producer (the engine) before the
+            # request hears of the lost connection: a body still arriving
+            # must report its truncation before it is closed.
+            lose = getattr(self._body, "lose", None)
+            if lose is not None:
+                lose(ClientDisconnected("the client went away"))
         self._body.close()
         controller = self._controller
         if controller is not None:
             reason = ClientDisconnected("the client went away") if final is Run.ABORTED else None
             controller.exchange_ended(reason)
+        for observer in self._container.observers:
+            observer.exchange_ended(self)

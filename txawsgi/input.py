@@ -207,6 +207,9 @@ class StreamingBody:
             self._lock.notify_all()
         if self._pending is not None:
             self._schedule()
+        # Nothing more for this body: what follows on the connection is the
+        # channel's business, even if the app never reads what is buffered.
+        self._regulate()
 
     def lose(self, reason: BaseException) -> None:
         if self._machine.state is Body.OPEN:
@@ -319,8 +322,10 @@ class StreamingInput:
         self._body = body
 
     def _check(self) -> None:
-        if self._body._machine.state is Body.TRUNCATED:
-            raise self._body._reason  # type: ignore[misc]
+        # The reason outlives the TRUNCATED state: the exchange may close the
+        # body before a blocked worker wakes up to see it.
+        if self._body._reason is not None:
+            raise self._body._reason
 
     def _open(self) -> bool:
         return self._body._machine.state is Body.OPEN

@@ -56,6 +56,12 @@ class IController(Interface):
         @raise InputReplaced: if middleware replaced C{wsgi.input}.
         """
 
+    def fail(reason=None) -> None:
+        """
+        End the exchange with an error met asynchronously (in a callback):
+        a 500 if nothing was sent yet, else a cut connection.
+        """
+
     def on_drain(callback) -> None:
         """
         One-shot: C{callback()} once L{writable} is true again (at once, from
@@ -68,6 +74,21 @@ class IController(Interface):
         C{None} when the response was delivered, or a L{ClientDisconnected}
         when the client went away first.  Registered after the end, it is
         still called (from the reactor).
+        """
+
+    shutting_down = Attribute(
+        "C{True} once the server has begun a graceful shutdown (see "
+        "L{on_shutdown})."
+    )
+
+    def on_shutdown(callback) -> None:
+        """
+        One-shot: C{callback()} when the server begins a graceful shutdown
+        (SIGTERM or SIGINT under C{twistd}/C{twist}, or
+        L{IDrainable.shutdown}), so a long-poll or a stream can answer and
+        finish instead of being cut when the grace period ends.  Registered
+        during a shutdown, it is called soon.  Never called once the exchange
+        has ended.
         """
 
 
@@ -112,3 +133,41 @@ class IAWSGIResource(Interface):
     Marks a resource that runs WSGI applications through txawsgi's engine,
     so a site can dispatch requests to it as soon as their headers are in.
     """
+
+
+class IDrainable(Interface):
+    """
+    Something serving requests that can wind down gracefully.
+    """
+
+    def shutdown():
+        """
+        Begin a graceful shutdown: tell every in-flight application (their
+        controllers' C{on_shutdown} callbacks; requests that start later are
+        told at once), then wait for them.
+
+        @return: a L{Deferred} that fires with L{None} once every exchange
+            in flight has ended.
+        """
+
+
+class IExchangeObserver(Interface):
+    """
+    Told when each exchange of an L{AWSGIResource} starts and ends, in the
+    reactor thread.  For server policies that follow requests (graceful
+    shutdown, request timeouts); an observer must not raise.
+    """
+
+    def exchange_started(exchange) -> None:
+        """
+        C{exchange} (a L{txawsgi.exchange.Exchange}) is about to call the
+        application.  C{exchange.request} is its Twisted request;
+        C{exchange.cancel(reason)} fails it (a 503 for L{RequestTimedOut},
+        a 500 otherwise, or a cut response if it had started).
+        """
+
+    def exchange_ended(exchange) -> None:
+        """
+        C{exchange} reached its end (delivered, failed or aborted).  Called
+        exactly once for every exchange that was started.
+        """

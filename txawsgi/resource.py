@@ -4,8 +4,9 @@ L{AWSGIResource}: a Twisted resource that serves a WSGI application.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Cooperator
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
@@ -14,10 +15,47 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from txawsgi.exchange import Container, Exchange, WSGIApplication
-from txawsgi.interfaces import IAWSGIResource
+from txawsgi.interfaces import IAWSGIResource, IDrainable, IExchangeObserver
 
 
-@implementer(IAWSGIResource)
+@implementer(IExchangeObserver)
+class _InFlight:
+    """
+    The exchanges of one resource that have started and not yet ended, and
+    the graceful shutdown that waits for them.
+    """
+
+    __slots__ = ("live", "shutting_down", "_waiting")
+
+    def __init__(self) -> None:
+        self.live: set[Exchange] = set()
+        self.shutting_down = False
+        self._waiting: list[Deferred[None]] = []
+
+    def exchange_started(self, exchange: Exchange) -> None:
+        self.live.add(exchange)
+        if self.shutting_down:
+            exchange.notify_shutdown()
+
+    def exchange_ended(self, exchange: Exchange) -> None:
+        self.live.discard(exchange)
+        if not self.live and self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def shutdown(self) -> Deferred[None]:
+        self.shutting_down = True
+        for exchange in list(self.live):
+            exchange.notify_shutdown()
+        if not self.live:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+@implementer(IAWSGIResource, IDrainable)
 class AWSGIResource(Resource):
     """
     Serve a PEP 3333 application, asynchronously.
@@ -43,6 +81,10 @@ class AWSGIResource(Resource):
         the whole body is in.  Threadpool mode always streams.
     @param max_body: the largest request body accepted, in bytes; larger
         ones get a 413.  L{None} for no limit.
+    @param observers: L{IExchangeObserver}s told when each exchange starts
+        and ends (server policies such as request timeouts).
+    @param multiprocess: the value of C{wsgi.multiprocess}: whether other
+        processes serve the same application.
     """
 
     isLeaf = True
@@ -55,14 +97,48 @@ class AWSGIResource(Resource):
         *,
         stream_input: bool = False,
         max_body: Optional[int] = None,
+        observers: Sequence[IExchangeObserver] = (),
+        multiprocess: bool = False,
     ) -> None:
         super().__init__()
         cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
-        self._container = Container(reactor, application, threadpool, cooperator, stream_input, max_body)
+        self._in_flight = _InFlight()
+        self._container = Container(
+            reactor,
+            application,
+            threadpool,
+            cooperator,
+            stream_input,
+            max_body,
+            observers=(self._in_flight, *observers),
+            multiprocess=multiprocess,
+        )
 
     def render(self, request: IRequest) -> Any:
-        Exchange(self._container, request).start()
+        exchange = Exchange(self._container, request)
+        try:
+            exchange.start()
+        except BaseException:
+            # Not served: Twisted answers 500; do not wait for it at shutdown.
+            self._in_flight.exchange_ended(exchange)
+            raise
         return NOT_DONE_YET
+
+    @property
+    def in_flight(self) -> int:
+        """
+        How many exchanges have started and not yet ended.
+        """
+        return len(self._in_flight.live)
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        See L{IDrainable.shutdown}: tell every in-flight application that
+        the server is shutting down (C{ctrl.on_shutdown}), and every later
+        one as it starts; fire once none is in flight.  Serving goes on:
+        stopping new requests is the listener's and the site's business.
+        """
+        return self._in_flight.shutdown()
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> "AWSGIResource":
         """

@@ -26,6 +26,7 @@ from txawsgi.errors import (
     InvalidBody,
     InvalidHeader,
     InvalidStatus,
+    RequestTimedOut,
     StartResponseError,
 )
 from txawsgi.states import Machine, edges
@@ -54,6 +55,7 @@ _SERVER_DEFAULTS = frozenset({"date", "server"})
 
 ERROR_BODY = b"Internal Server Error\n"
 TOO_LARGE_BODY = b"Request Entity Too Large\n"
+TIMED_OUT_BODY = b"Service Unavailable: the request timed out\n"
 
 
 class Phase(Enum):
@@ -327,21 +329,28 @@ class Response:
     def fail(self, reason: Failure) -> None:
         """
         The exchange failed: answer with an error status if nothing was sent
-        yet, or abort the connection so the client sees a truncated response
-        rather than a clean end.
+        yet, or cut the connection so the client sees a truncated response
+        rather than a clean end: closed after what was written when the
+        framing shows the cut (chunked, or short of Content-Length), reset
+        when only the close delimits the body (or the exchange timed out).
 
         An application error is a 500 with its traceback in the log only; a
-        request body over the limit (L{BodyTooLarge}) is a 413.
+        request body over the limit (L{BodyTooLarge}) is a 413; a request
+        that ran out of time (L{RequestTimedOut}) is a 503.
         """
         state = self._machine.state
         too_large = reason.check(BodyTooLarge) is not None
+        timed_out = reason.check(RequestTimedOut) is not None
         if state is Phase.ABORTED or state is Phase.COMPLETE:
-            if not too_large:
+            if not too_large and not timed_out:
                 self._log.failure("Application error after the response ended", reason)
             return
         if too_large:
             self._log.info("Refused request body: {reason}", reason=reason.value)
             code, phrase, body = 413, b"Request Entity Too Large", TOO_LARGE_BODY
+        elif timed_out:
+            self._log.warn("{reason}", reason=reason.value)
+            code, phrase, body = 503, b"Service Unavailable", TIMED_OUT_BODY
         else:
             self._log.failure("Application error", reason)
             code, phrase, body = 500, b"Internal Server Error", ERROR_BODY
@@ -349,7 +358,18 @@ class Response:
         self._detach()
         if state is Phase.SENDING:
             self._machine.to(Phase.ABORTED)
-            abort_connection(request)
+            http1 = request.clientproto.startswith(b"HTTP/1.")
+            if not timed_out and http1 and (getattr(request, "chunked", False) or self._remaining):
+                # The framing shows the cut (no last chunk, or fewer bytes
+                # than declared): flush what was written, then close.  An
+                # abort would drop it, so the client got a bare reset.
+                request.loseConnection()
+            else:
+                # A close-delimited body: only a reset is not a clean end.
+                # (A timed-out exchange is reset too: no waiting on a slow
+                # reader to flush; and an HTTP/2 stream, whose
+                # loseConnection() would end it cleanly.)
+                abort_connection(request)
             return
         self._code, self._reason = code, phrase
         self._headers = [

@@ -1,0 +1,340 @@
+"""
+C{--workers N}: one supervisor process and N worker processes serving the
+same listening sockets.
+
+The supervisor (the C{twistd}/C{twist} process) binds the sockets (see
+L{txawsgi.listeners}), opens the access log, then runs N C{python -m
+txawsgi.worker} processes under Twisted's L{ProcessMonitor}, each given the
+sockets and the log as inherited descriptors.  The monitor restarts a
+worker that dies (at once if it had been up a while, with growing delays if
+it keeps dying at start); the supervisor logs why each one ended.  Worker
+output goes to the supervisor's log, tagged C{[worker-N]}.
+
+On SIGTERM/SIGINT the supervisor closes its copies of the sockets, forwards
+SIGTERM to every worker (each shuts down gracefully, see
+L{txawsgi.shutdown}), and exits once all have; a worker still running
+C{grace + KILL_MARGIN} seconds later is killed.  A worker whose supervisor
+disappears (its stdin pipe closes) shuts down by itself.
+
+Why inherited descriptors rather than C{SO_REUSEPORT}: they work for every
+endpoint type (UNIX sockets, TLS, systemd socket activation, port 0), a
+privileged port is bound once before privileges are dropped, and the
+workers share one accept queue, so a worker's death drops no connection
+that it had not accepted (with C{SO_REUSEPORT} each socket has its own
+queue, reset when its process dies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.runner.procmon import ProcessMonitor
+from zope.interface import implementer
+
+import txawsgi
+from txawsgi.accesslog import AccessLog
+from txawsgi.listeners import HeldSocket, bind, family_name
+
+__all__ = ["ENV", "KILL_MARGIN", "Supervisor", "cpu_count", "parse_workers"]
+
+#: The environment variable telling a worker what it inherited (JSON).
+ENV = "TXAWSGI_WORKER"
+
+#: Seconds past the grace period before a worker that has not exited is
+#: killed.
+KILL_MARGIN = 5.0
+
+#: Environment variables of systemd socket activation; they are the
+#: supervisor's, not the workers'.
+_SYSTEMD = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+#: The first descriptor number of the inherited sockets in a worker.
+FIRST_FD = 3
+
+
+def cpu_count() -> int:
+    """
+    The CPUs this process may run on.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(value: str) -> int:
+    """
+    C{--workers}: a positive count, or C{0} / C{auto} for one per CPU.
+
+    @raise ValueError: for anything else.
+    """
+    if value.strip().lower() == "auto":
+        return cpu_count()
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"must be >= 0 or 'auto', not {value!r}")
+    return count or cpu_count()
+
+
+def describe_exit(reason: Failure) -> str:
+    """
+    How a process ended, in words.
+    """
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exited with status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = "?"
+            return f"was killed by signal {value.signal} ({name})"
+        return f"exited with status {value.exitCode}"
+    return f"ended: {value!r}"
+
+
+class _Watched(ProcessProtocol):
+    """
+    Stands between the monitor's logging protocol and the process: reports
+    the start and the end of each worker to the L{Supervisor}.
+    """
+
+    def __init__(self, inner: ProcessProtocol, supervisor: "Supervisor") -> None:
+        self._inner = inner
+        self._supervisor = supervisor
+        self.name: str = getattr(inner, "name", "worker")
+        self.pid: Optional[int] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.pid = transport.pid
+        self._inner.makeConnection(transport)
+        self._supervisor._started(self)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._inner.childDataReceived(childFD, data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        self._inner.childConnectionLost(childFD)
+
+    def processExited(self, reason: Failure) -> None:
+        self._inner.processExited(reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._supervisor._ended(self, reason)
+        self._inner.processEnded(reason)
+
+
+@implementer(IReactorProcess, IReactorTime)
+class _SpawningWithSockets:
+    """
+    The reactor as the L{ProcessMonitor} sees it: every process it spawns
+    inherits the supervisor's sockets (the monitor has no C{childFDs}).
+    """
+
+    def __init__(self, reactor: Any, supervisor: "Supervisor") -> None:
+        self._reactor = reactor
+        self._supervisor = supervisor
+
+    def spawnProcess(
+        self,
+        processProtocol: ProcessProtocol,
+        executable: str,
+        args: Sequence[str] = (),
+        env: Optional[dict[str, str]] = None,
+        path: Optional[str] = None,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        usePTY: bool = False,
+        childFDs: Optional[dict[int, Any]] = None,
+    ) -> Any:
+        watched = _Watched(processProtocol, self._supervisor)
+        return self._reactor.spawnProcess(
+            watched,
+            executable,
+            args,
+            env=env,
+            path=path,
+            uid=uid,
+            gid=gid,
+            usePTY=usePTY,
+            childFDs=self._supervisor.child_fds(),
+        )
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._reactor.callLater(delay, f, *args, **kw)
+
+    def seconds(self) -> float:
+        return self._reactor.seconds()
+
+    def getDelayedCalls(self) -> Any:
+        return self._reactor.getDelayedCalls()
+
+
+class Supervisor(Service):
+    """
+    Hold the listening sockets and the access log, and keep C{count}
+    workers running on them.
+
+    @param argv: the C{awsgi} options the workers parse (the supervisor's
+        own, so both agree on everything).
+    @param listen: the C{--listen} endpoint descriptions.
+    @param access_log: the access log the workers write to, if any.
+    @param grace: the graceful shutdown period of a worker, in seconds.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        argv: Sequence[str],
+        count: int,
+        listen: Sequence[str],
+        access_log: Optional[AccessLog],
+        grace: float,
+    ) -> None:
+        self._reactor = reactor
+        self.argv = list(argv)
+        self.count = count
+        self.listen = list(listen)
+        self.access_log = access_log
+        self.sockets: list[HeldSocket] = []
+        self.monitor = ProcessMonitor(reactor=_SpawningWithSockets(reactor, self))
+        self.monitor.killTime = grace + KILL_MARGIN
+        self.workers: dict[str, _Watched] = {}
+        self._exited: list[Deferred[None]] = []
+
+    # -- what workers get ------------------------------------------------
+
+    def child_fds(self) -> dict[int, Any]:
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for offset, held in enumerate(self.sockets):
+            fds[FIRST_FD + offset] = held.fd
+        log_fd = self._log_fd()
+        if log_fd is not None:
+            fds[FIRST_FD + len(self.sockets)] = log_fd
+        return fds
+
+    def _log_fd(self) -> Optional[int]:
+        return self.access_log.fileno if self.access_log is not None else None
+
+    def worker_config(self, index: int) -> dict[str, Any]:
+        """
+        What worker C{index} is told (as JSON in L{ENV}).
+        """
+        return {
+            "index": index,
+            "listeners": [
+                {
+                    "fd": FIRST_FD + offset,
+                    "family": family_name(held.family),
+                    "listen": held.description,
+                    "tls": held.tls,
+                }
+                for offset, held in enumerate(self.sockets)
+            ],
+            "access_log_fd": FIRST_FD + len(self.sockets) if self._log_fd() is not None else None,
+        }
+
+    def worker_env(self, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD}
+        root = os.path.dirname(os.path.dirname(os.path.abspath(txawsgi.__file__)))
+        old = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = root + (os.pathsep + old if old else "")
+        env[ENV] = json.dumps(self.worker_config(index))
+        return env
+
+    # -- IService ----------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind the sockets and open the access log, before twistd drops
+        privileges.
+        """
+        super().privilegedStartService()
+        for description in self.listen:
+            self.sockets.append(bind(self._reactor, description))
+        if self.access_log is not None:
+            self.access_log.open()
+
+    def startService(self) -> None:
+        if not self.sockets:
+            self.privilegedStartService()
+        super().startService()
+        cwd = os.getcwd()
+        for index in range(1, self.count + 1):
+            name = f"worker-{index}"
+            self.monitor.addProcess(
+                name,
+                [sys.executable, "-m", "txawsgi.worker", *self.argv],
+                env=self.worker_env(index),
+                cwd=cwd,
+            )
+        self.monitor.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting (close the sockets here; workers close theirs as they
+        stop), forward SIGTERM to the workers, fire once all have exited.
+        """
+        super().stopService()
+        closing = [held.close() for held in self.sockets]
+        self.sockets = []
+        if self.workers:
+            self._log.info(
+                "Stopping {count} worker(s); each has {grace:g}s to finish its requests",
+                count=len(self.workers),
+                grace=self.monitor.killTime - KILL_MARGIN,
+            )
+        self.monitor.stopService()
+        d = DeferredList([*closing, self._all_exited()], consumeErrors=True)
+
+        def done(_: object) -> None:
+            if self.access_log is not None:
+                self.access_log.close()
+
+        return d.addCallback(done)
+
+    # -- bookkeeping, from _Watched ----------------------------------------
+
+    def _started(self, worker: _Watched) -> None:
+        self.workers[worker.name] = worker
+        self._log.info("{name} started (pid {pid})", name=worker.name, pid=worker.pid)
+
+    def _ended(self, worker: _Watched, reason: Failure) -> None:
+        if self.workers.get(worker.name) is worker:
+            del self.workers[worker.name]
+        how = describe_exit(reason)
+        if self.running:
+            self._log.warn(
+                "{name} (pid {pid}) {how}; restarting it",
+                name=worker.name,
+                pid=worker.pid,
+                how=how,
+            )
+        else:
+            self._log.info("{name} (pid {pid}) {how}", name=worker.name, pid=worker.pid, how=how)
+        if not self.workers:
+            exited, self._exited = self._exited, []
+            for d in exited:
+                d.callback(None)
+
+    def _all_exited(self) -> Deferred[None]:
+        if not self.workers:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._exited.append(d)
+        return d
