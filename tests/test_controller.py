@@ -1615,9 +1615,9 @@ class ThreadpoolTests(ServerMixin, TestCase):
         C{write()} called from a controller callback (in the reactor thread)
         writes at once instead of blocking the reactor on itself.
         """
-        import txawsgi.exchange
+        import txawsgi.runners
 
-        original = txawsgi.exchange.blockingCallFromThread
+        original = txawsgi.runners.blockingCallFromThread
         wrong: List[bool] = []
 
         def guarded(reactor: Any, f: Any, *args: Any) -> Any:
@@ -1627,7 +1627,7 @@ class ThreadpoolTests(ServerMixin, TestCase):
                 raise AssertionError("blockingCallFromThread in the reactor thread")
             return original(reactor, f, *args)
 
-        self.patch(txawsgi.exchange, "blockingCallFromThread", guarded)
+        self.patch(txawsgi.runners, "blockingCallFromThread", guarded)
 
         def app(environ: Dict[str, Any], start_response: Any) -> Any:
             write = start_response("200 OK", [])

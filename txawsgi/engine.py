@@ -22,14 +22,13 @@ from typing import Any, Callable, Iterable, Optional
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import Cooperator
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from txawsgi.errors import InvalidBody
+from txawsgi.errors import ExtensionMisuse, InvalidBody
 from txawsgi.response import Response
+from txawsgi.runners import IRunner, ReactorRunner
 from txawsgi.states import Machine, edges
 
 #: Steps run at once in C{start()}, before handing over to the cooperator:
@@ -116,7 +115,8 @@ class Engine:
     __slots__ = (
         "_reactor",
         "_cooperator",
-        "_threadpool",
+        "_runner",
+        "_armed",
         "_iterable",
         "_next",
         "_response",
@@ -140,17 +140,19 @@ class Engine:
         cooperator: Cooperator,
         response: Response,
         ended: Callable[[Run], None],
-        threadpool: Optional[ThreadPool] = None,
+        runner: IRunner = ReactorRunner(),
     ) -> None:
         """
         @param ended: called once with the final L{Run} state, after the
             response is finished or failed and before the iterable is closed.
-        @param threadpool: when given, C{__next__} and C{close} of the
-            iterable run in it; otherwise in the reactor thread.
+        @param runner: where the iterable's C{__next__} and C{close} run:
+            inline in the reactor thread (the default), in a threadpool, or
+            in greenlets.
         """
         self._reactor = reactor
         self._cooperator = cooperator
-        self._threadpool = threadpool
+        self._runner = runner
+        self._armed: Any = None
         self._iterable: Iterable[bytes] = ()
         self._next: Optional[Callable[[], Any]] = None
         self._response = response
@@ -225,8 +227,8 @@ class Engine:
                 self._unpaused = Deferred()
             return self._unpaused
         self._run.to(Run.PULLING)
-        if self._threadpool is not None:
-            pulled = deferToThreadPool(self._reactor, self._threadpool, self._pull)
+        if not self._runner.inline:
+            pulled = self._runner.call(self._pull)
             pulled.addCallbacks(self._handle, self._handle_failure)
             return pulled
         try:
@@ -252,6 +254,11 @@ class Engine:
         try:
             if chunk.__class__ is bytes:
                 if chunk:
+                    if self._armed is not None:
+                        raise ExtensionMisuse(
+                            f"{type(self._armed).__name__}: the application must yield b'' "
+                            f"right after suspending, not {chunk!r:.40}"
+                        )
                     run.to(Run.RUNNING)
                     self._delay = BACKOFF_INITIAL
                     response = self._response
@@ -289,6 +296,17 @@ class Engine:
         woken if a wake source is idle, else back off.
         """
         run = self._run
+        armed, self._armed = self._armed, None
+        if armed is not None:
+            # The app suspended on one source: only that source resumes it,
+            # and a wake that came before the suspension does not count.
+            self._woken = False
+            if not armed.idle:
+                run.to(Run.RUNNING)
+                return None
+            run.to(Run.WAITING)
+            sleeping = self._sleeping = Deferred()
+            return sleeping
         if self._woken:
             self._woken = False
             run.to(Run.RUNNING)
@@ -303,6 +321,15 @@ class Engine:
             self._timer = self._reactor.callLater(delay, self.wake)
         sleeping = self._sleeping = Deferred()
         return sleeping
+
+    def arm(self, source: Any) -> None:
+        """
+        An extension suspended the application on C{source}: its next chunk
+        must be C{b''}, and only C{source} (through L{wake}) resumes it.
+        """
+        self._armed = source
+        if source not in self.sources:
+            self.sources.append(source)
 
     def wake(self) -> None:
         """
@@ -439,8 +466,8 @@ class Engine:
         self._next = None
         if close is None:
             return
-        if self._threadpool is not None:
-            closing = deferToThreadPool(self._reactor, self._threadpool, close)
+        if not self._runner.inline:
+            closing = self._runner.call(close)
             closing.addErrback(lambda f: self._log.failure("Error in the application iterable's close()", f))
             return
         try:

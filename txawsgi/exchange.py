@@ -9,21 +9,21 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.task import Cooperator
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadable import isInIOThread
-from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
 from txawsgi.controller import Controller, Hooks
 from txawsgi.engine import Engine, Run
 from txawsgi.environ import ErrorStream, build_environ
 from txawsgi.errors import BodyTooLarge, ClientDisconnected, WrongEnviron
+from txawsgi.fdevent import FdEvents, TimeoutFlag
 from txawsgi.filewrapper import FileWrapper
 from txawsgi.input import BufferedBody, SpooledBody, StreamingBody
 from txawsgi.interfaces import IExchangeObserver, IRequestBody
 from txawsgi.response import Response
+from txawsgi.runners import IRunner
+from txawsgi.suspend import Suspender
 
 WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
 
@@ -37,7 +37,7 @@ class Container:
     __slots__ = (
         "reactor",
         "application",
-        "threadpool",
+        "runner",
         "cooperator",
         "stream_input",
         "max_body",
@@ -51,7 +51,7 @@ class Container:
         self,
         reactor: Any,
         application: WSGIApplication,
-        threadpool: Optional[ThreadPool],
+        runner: IRunner,
         cooperator: Cooperator,
         stream_input: bool = False,
         max_body: Optional[int] = None,
@@ -65,7 +65,7 @@ class Container:
         """
         self.reactor = reactor
         self.application = application
-        self.threadpool = threadpool
+        self.runner = runner
         self.cooperator = cooperator
         self.stream_input = stream_input
         self.max_body = max_body
@@ -90,6 +90,9 @@ class Exchange:
         "_controller",
         "_factory",
         "_shutting_down",
+        "_flag",
+        "_fdevents",
+        "_suspender",
     )
 
     def __init__(self, container: Container, request: IRequest) -> None:
@@ -101,13 +104,16 @@ class Exchange:
             container.cooperator,
             self._response,
             self._ended,
-            container.threadpool,
+            container.runner,
         )
         self._controller: Optional[Controller] = None
         self._factory = self.controller
         self._environ: dict[str, Any] = {}
         self._body: IRequestBody = BufferedBody(container.reactor, request.content)
         self._shutting_down = False
+        self._flag: Optional[TimeoutFlag] = None
+        self._fdevents: Optional[FdEvents] = None
+        self._suspender: Optional[Suspender] = None
 
     @property
     def request(self) -> IRequest:
@@ -119,7 +125,8 @@ class Exchange:
     def _choose_body(self) -> Optional[BodyTooLarge]:
         """
         Pick how the body reaches the app: as Twisted buffered it, streamed
-        (threadpool or C{stream_input}), or spooled before the call.
+        (a runner that can wait, or C{stream_input}), or spooled before the
+        call.
 
         @return: why the body is refused outright, if it is.
         """
@@ -132,8 +139,10 @@ class Exchange:
                 return BodyTooLarge(f"declared body of {int(declared[0])} bytes is over the limit of {max_body}")
         if not getattr(request, "dispatched_at_headers", False):
             return None
-        if container.threadpool is not None or container.stream_input:
-            body: Any = StreamingBody(container.reactor, request, max_body=max_body, overflow=self._too_large)
+        if not container.runner.inline or container.stream_input:
+            body: Any = StreamingBody(
+                container.reactor, request, max_body=max_body, overflow=self._too_large, runner=container.runner
+            )
         else:
             body = SpooledBody(container.reactor, request, max_body=max_body, overflow=self._too_large)
         self._body = request.body_sink = body
@@ -155,18 +164,23 @@ class Exchange:
         for observer in container.observers:
             observer.exchange_started(self)
         request.defaultContentType = None
-        threaded = container.threadpool is not None
         refused = self._choose_body()
         environ = self._environ = build_environ(
             request,
             input=self._body.file,
             errors=ErrorStream(container.errors_log),
-            multithread=threaded,
+            multithread=container.runner.multithread,
             multiprocess=container.multiprocess,
             file_wrapper=FileWrapper,
         )
         environ["awsgi.controller"] = self._factory
         environ["awsgi.reactor"] = container.reactor
+        environ["x-wsgiorg.suspend"] = self._suspend
+        if container.runner.inline:
+            self._flag = TimeoutFlag()
+            environ["x-wsgiorg.fdevent.readable"] = self._readable
+            environ["x-wsgiorg.fdevent.writable"] = self._writable
+            environ["x-wsgiorg.fdevent.timeout"] = self._flag
         response = self._response
         response.attach(self._engine)
         request.notifyFinish().addErrback(self._lost)
@@ -181,7 +195,8 @@ class Exchange:
 
     def _call(self) -> None:
         """
-        Call the application, in the reactor or a worker thread.
+        Call the application through the runner: in the reactor thread, a
+        worker thread or a greenlet.
         """
         container = self._container
         environ = self._environ
@@ -189,11 +204,10 @@ class Exchange:
         engine = self._engine
         if engine.state is not Run.CALLING:
             return
-        if container.threadpool is not None:
-            response.app_write = self._write_from_thread
-            calling = deferToThreadPool(
-                container.reactor, container.threadpool, container.application, environ, response.start_response
-            )
+        runner = container.runner
+        if not runner.inline:
+            response.app_write = self._write_blocking
+            calling = runner.call(container.application, environ, response.start_response)
             calling.addCallbacks(engine.start, engine.crash)
             return
         try:
@@ -224,17 +238,19 @@ class Exchange:
                 controller.server_shutting_down()
         return self._controller
 
-    def _write_from_thread(self, data: bytes) -> None:
+    def _write_blocking(self, data: bytes) -> None:
         """
-        The C{write} callable in threadpool mode: hand the bytes to the
-        reactor, then block this worker until the transport accepts more.
+        The C{write} callable when the app may wait (a worker thread, a
+        greenlet): hand the bytes to the reactor, then wait until the
+        transport accepts more.
         """
-        if isInIOThread():
+        runner = self._container.runner
+        if not runner.can_wait():
             # A controller callback (reactor thread) called write(): waiting
             # for the reactor here would deadlock it, so write at once.
             self._response.write(data)
             return
-        blockingCallFromThread(self._container.reactor, self._write_and_wait, data)
+        runner.wait(lambda: self._write_and_wait(data))
 
     def _write_and_wait(self, data: bytes) -> Any:
         self._response.write(data)
@@ -263,6 +279,35 @@ class Exchange:
         self._response.abort()
         self._engine.abort()
 
+    # -- the Web-SIG suspension extensions, created on first use -------------
+
+    def _suspend(self, timeout: Optional[float] = None) -> Callable[[], None]:
+        """
+        C{environ['x-wsgiorg.suspend']}: see L{txawsgi.suspend}.
+        """
+        if self._suspender is None:
+            engine = self._engine
+            self._suspender = Suspender(self._container.reactor, engine.wake, engine.arm)
+        return self._suspender.suspend(timeout)
+
+    def _fd_events(self) -> FdEvents:
+        if self._fdevents is None:
+            engine = self._engine
+            self._fdevents = FdEvents(self._container.reactor, engine.wake, engine.arm, self._flag)
+        return self._fdevents
+
+    def _readable(self, fd: Any, timeout: Optional[float] = None) -> str:
+        """
+        C{environ['x-wsgiorg.fdevent.readable']}: see L{txawsgi.fdevent}.
+        """
+        return self._fd_events().readable(fd, timeout)
+
+    def _writable(self, fd: Any, timeout: Optional[float] = None) -> str:
+        """
+        C{environ['x-wsgiorg.fdevent.writable']}: see L{txawsgi.fdevent}.
+        """
+        return self._fd_events().writable(fd, timeout)
+
     def _ended(self, final: Run) -> None:
         """
         The engine reached a final state: tell the controller, drop the body.
@@ -275,6 +320,9 @@ class Exchange:
             if lose is not None:
                 lose(ClientDisconnected("the client went away"))
         self._body.close()
+        for extension in (self._fdevents, self._suspender):
+            if extension is not None:
+                extension.close()
         controller = self._controller
         if controller is not None:
             reason = ClientDisconnected("the client went away") if final is Run.ABORTED else None

@@ -123,7 +123,7 @@ class FdEvents:
 
     __slots__ = ("_reactor", "_wake", "_arm", "_machine", "_descriptor", "_writing", "_timer", "flag")
 
-    def __init__(self, reactor: Any, wake: Any, arm: Any) -> None:
+    def __init__(self, reactor: Any, wake: Any, arm: Any, flag: Optional[TimeoutFlag] = None) -> None:
         self._reactor = reactor
         self._wake = wake
         self._arm = arm
@@ -131,19 +131,11 @@ class FdEvents:
         self._descriptor: Optional[_Descriptor] = None
         self._writing = False
         self._timer: Any = None
-        self.flag = TimeoutFlag()
+        self.flag = flag if flag is not None else TimeoutFlag()
 
     @property
     def idle(self) -> bool:
         return self._machine.state is Watch.WATCHING
-
-    def install(self, environ: dict[str, Any]) -> None:
-        """
-        Put the extension's keys into C{environ}.
-        """
-        environ["x-wsgiorg.fdevent.readable"] = self.readable
-        environ["x-wsgiorg.fdevent.writable"] = self.writable
-        environ["x-wsgiorg.fdevent.timeout"] = self.flag
 
     def readable(self, fd: FileDescriptor, timeout: Optional[float] = None) -> str:
         """

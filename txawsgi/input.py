@@ -20,6 +20,7 @@ from zope.interface import Interface, implementer
 
 from txawsgi.errors import BodyTooLarge, BodyTruncated, WouldBlock
 from txawsgi.interfaces import IRequestBody
+from txawsgi.runners import IRunner, ReactorRunner
 from txawsgi.states import Machine, edges
 
 #: Unread bytes at which a streamed body stops reading the connection.
@@ -152,12 +153,18 @@ class StreamingBody:
         max_body: Optional[int] = None,
         high_water: int = HIGH_WATER,
         overflow: Callable[[BaseException], Any] = lambda reason: None,
+        runner: IRunner = ReactorRunner(),
     ) -> None:
         """
         @param max_body: the most bytes accepted; past it the body is
             truncated with L{BodyTooLarge} and C{overflow} is called.
+        @param runner: where the application runs; it says whether a
+            C{wsgi.input} read may wait (a worker thread or a greenlet) or
+            must raise L{WouldBlock} (the reactor thread).
         """
         self._reactor = reactor
+        self._runner = runner
+        self._changed: list[Deferred[None]] = []
         self._flow = flow
         self._max_body = max_body
         self._high_water = high_water
@@ -194,7 +201,7 @@ class StreamingBody:
             return
         with self._lock:
             self._buffer += data
-            self._lock.notify_all()
+            self._notify()
         if self._pending is not None:
             self._schedule()
         self._regulate()
@@ -204,7 +211,7 @@ class StreamingBody:
             return
         with self._lock:
             self._machine.to(Body.EOF)
-            self._lock.notify_all()
+            self._notify()
         if self._pending is not None:
             self._schedule()
         # Nothing more for this body: what follows on the connection is the
@@ -220,11 +227,31 @@ class StreamingBody:
             self._reason = reason
             self._machine.to(Body.TRUNCATED)
             self._buffer.clear()
-            self._lock.notify_all()
+            self._notify()
         if self._pending is not None:
             # At once, not later: the exchange ends right after, and a
             # pending on_get must learn of the truncation before it does.
             self._deliver()
+
+    def _notify(self) -> None:
+        """
+        Wake readers waiting for bytes: worker threads now, greenlets on the
+        next reactor turn (never inside the connection's dataReceived).
+        """
+        self._lock.notify_all()
+        if self._changed:
+            waiting, self._changed = self._changed, []
+            for waiter in waiting:
+                self._reactor.callLater(0, waiter.callback, None)
+
+    def changed(self) -> Deferred[None]:
+        """
+        Fires after the next change: bytes in, the end, a truncation, the
+        close.  For readers that wait by switching, not by blocking.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._changed.append(waiter)
+        return waiter
 
     def _regulate(self) -> None:
         """
@@ -298,7 +325,7 @@ class StreamingBody:
                 self._machine.to(Body.CLOSED)
             self._buffer.clear()
             self._pending = None
-            self._lock.notify_all()
+            self._notify()
 
 
 def _in_reactor(reactor: Any, f: Callable[[], Any]) -> None:
@@ -338,12 +365,12 @@ class StreamingInput:
 
         In the reactor thread a piece that is not complete yet raises
         L{WouldBlock}, so nothing is consumed by a read that fails.  A worker
-        waits for bytes, takes what there is and reports it incomplete, so a
-        large read never keeps the connection paused.
+        thread or greenlet waits for bytes, takes what there is and reports it
+        incomplete, so a large read never keeps the connection paused.
         """
         body = self._body
         buffer = body._buffer
-        if isInIOThread():
+        if not body._runner.can_wait():
             self._check()
             newline = buffer.find(b"\n") if line else -1
             if newline >= 0 and (limit < 0 or newline < limit):
@@ -352,7 +379,10 @@ class StreamingInput:
                 raise WouldBlock("wsgi.input read would block the reactor; use on_get, or a threadpool")
             return body.take(limit), True
         while not buffer and self._open():
-            body._lock.wait()
+            if isInIOThread():
+                body._runner.wait(body.changed)  # a greenlet: switch away
+            else:
+                body._lock.wait()
         self._check()
         newline = buffer.find(b"\n") if line else -1
         if newline >= 0 and (limit < 0 or newline < limit):

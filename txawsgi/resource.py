@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from txawsgi.runners import GreenletRunner, IRunner, ReactorRunner, ThreadRunner
 from txawsgi.exchange import Container, Exchange, WSGIApplication
 from txawsgi.interfaces import IAWSGIResource, IDrainable, IExchangeObserver
 
@@ -81,6 +82,10 @@ class AWSGIResource(Resource):
         the whole body is in.  Threadpool mode always streams.
     @param max_body: the largest request body accepted, in bytes; larger
         ones get a 413.  L{None} for no limit.
+    @param greenlets: run each call into the application in a greenlet on
+        the reactor thread, so a blocking C{wsgi.input} read or C{write()}
+        suspends only that request (needs the C{greenlet} package).  Bodies
+        stream, as in threadpool mode.
     @param observers: L{IExchangeObserver}s told when each exchange starts
         and ends (server policies such as request timeouts).
     @param multiprocess: the value of C{wsgi.multiprocess}: whether other
@@ -97,16 +102,26 @@ class AWSGIResource(Resource):
         *,
         stream_input: bool = False,
         max_body: Optional[int] = None,
+        greenlets: bool = False,
         observers: Sequence[IExchangeObserver] = (),
         multiprocess: bool = False,
     ) -> None:
         super().__init__()
+        runner: IRunner
+        if greenlets and threadpool is not None:
+            raise ValueError("greenlets and a threadpool are two ways to run the app: choose one")
+        if threadpool is not None:
+            runner = ThreadRunner(reactor, threadpool)
+        elif greenlets:
+            runner = GreenletRunner()
+        else:
+            runner = ReactorRunner()
         cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
         self._in_flight = _InFlight()
         self._container = Container(
             reactor,
             application,
-            threadpool,
+            runner,
             cooperator,
             stream_input,
             max_body,

@@ -144,6 +144,7 @@ class GreenletRunner:
                 return False, Failure()
 
         child = self._greenlet(body)
+        child.txawsgi_runner = self
         self._ours.add(child)
         self._resume(child, result, ())
         return result
@@ -182,4 +183,26 @@ class GreenletRunner:
 _REACTOR = ReactorRunner()
 
 
-__all__ = ["IRunner", "ReactorRunner", "ThreadRunner", "GreenletRunner"]
+def wait(deferred: Deferred[Any]) -> Any:
+    """
+    In greenlet mode: suspend the calling request (only it) until
+    C{deferred} fires, and return its result or raise its failure.  Lets
+    ordinary-looking application code use any Twisted API::
+
+        from txawsgi.runners import wait
+        page = wait(treq.get("http://backend/").addCallback(treq.content))
+
+    @raise WouldBlock: outside a request's greenlet (e.g. in the reactor
+        thread proper, where waiting would block the server).
+    """
+    try:
+        from greenlet import getcurrent
+    except ImportError:
+        return _REACTOR.wait(lambda: deferred)
+    runner = getattr(getcurrent(), "txawsgi_runner", None)
+    if runner is None:
+        return _REACTOR.wait(lambda: deferred)
+    return runner.wait(lambda: deferred)
+
+
+__all__ = ["IRunner", "ReactorRunner", "ThreadRunner", "GreenletRunner", "wait"]

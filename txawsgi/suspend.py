@@ -56,9 +56,6 @@ class Suspender:
     def idle(self) -> bool:
         return self._machine.state is Suspension.SUSPENDED
 
-    def install(self, environ: dict[str, Any]) -> None:
-        environ["x-wsgiorg.suspend"] = self.suspend
-
     def suspend(self, timeout: Optional[float] = None) -> Callable[[], None]:
         """
         Suspend the application at its next C{b''}; return the resume
