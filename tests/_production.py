@@ -9,14 +9,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
-from txawsgi.tap import Options, _access_log, make_server_service
 from txawsgi.shutdown import ServingService
+from txawsgi.tap import Options, _access_log, make_server_service
 
 from .support import (
     PROJECT_ROOT,
@@ -26,6 +26,19 @@ from .support import (
     request,
     twistd_argv,
 )
+
+__all__ = [
+    "APP",
+    "OTHER",
+    "Served",
+    "json_body",
+    "nginx_binary",
+    "parse",
+    "self_signed",
+    "serve",
+    "temp_dir",
+    "twistd_awsgi",
+]
 
 APP = "tests.prodapps:application"
 OTHER = "tests.prodapps:other"
@@ -122,27 +135,6 @@ def nginx_binary() -> str:
     if found is None:
         raise SkipTest("nginx is not installed (.ci/run installs it)")
     return found
-
-
-def pids_answering(responses: List[Any]) -> List[int]:
-    return [int(r.body) for r in responses]
-
-
-__all__ = [
-    "APP",
-    "OTHER",
-    "Served",
-    "json_body",
-    "nginx_binary",
-    "parse",
-    "serve",
-    "temp_dir",
-    "twistd_awsgi",
-]
-
-
-def environ_of(response: Any) -> Dict[str, Any]:
-    return json_body(response)
 
 
 def self_signed(directory: str, name: str = "localhost") -> Tuple[str, str]:

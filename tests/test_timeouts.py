@@ -64,8 +64,9 @@ class TimeoutTests(TestCase):
         [response] = await client.wait_for_responses(1, timeout=3)
         self.assertEqual(response.body, b"started\nfinished\n")
         # A request whose body the app never asks for, dispatched at headers.
-        client.send(b"POST /slow?0.6 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
-        await client.wait_for(b"finished\n", timeout=3)
+        uploading = await self.connect(served)
+        uploading.send(b"POST /slow?0.6 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
+        await uploading.wait_for(b"finished\n", timeout=3)
 
     async def test_slowHeaders(self) -> None:
         """

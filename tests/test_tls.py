@@ -6,6 +6,7 @@ the C{http2} extra), checked with curl.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.http import H2_ENABLED
@@ -60,13 +61,17 @@ class TLSTests(TestCase):
             raise SkipTest("the http2 extra (h2) is not installed")
         if not _curl_http2():
             raise SkipTest("curl has no HTTP/2 support")
-        self.serve_tls()
+        log_path = os.path.join(temp_dir(self), "access.log")
+        self.serve_tls("--access-log", log_path)
         out = await self.curl("--http2", "-sS", "-w", "\\n%{http_version}", self.base + "/environ")
         body, version = out.rsplit(b"\n", 1)
         self.assertEqual(version, b"2")
         env = json.loads(body)
         self.assertEqual(env["SERVER_PROTOCOL"], "HTTP/2")
         self.assertEqual(env["wsgi.url_scheme"], "https")
+        with open(log_path) as f:
+            [line] = f.read().splitlines()
+        self.assertIn(f'"GET /environ HTTP/2" 200 {len(body)} ', line)
 
     async def test_http2QuietStreamNotTimedOut(self) -> None:
         """
@@ -96,3 +101,26 @@ class TLSTests(TestCase):
         code = await curl.wait_exit()
         self.assertEqual(code, 0, curl.output)
         self.assertEqual(curl.out, b"started\nfinished\n")
+
+    async def test_workersTLS(self) -> None:
+        """
+        Workers wrap the TLS socket they inherit in TLS (and HTTP/2) built
+        from the same C{ssl:} description.
+        """
+        from ._production import twistd_awsgi
+        from .support import free_port
+
+        port = free_port()
+        proc = twistd_awsgi(
+            self, "--app", APP, "--workers", "2",
+            "-l", f"ssl:{port}:interface=127.0.0.1:privateKey={self.key}:certKey={self.cert}",
+        )
+        await proc.wait_for_output(lambda out: out.count(b"(worker-") >= 2, timeout=20)
+        args = ["--http2"] if H2_ENABLED and _curl_http2() else []
+        env = json.loads(await self.curl(*args, f"https://127.0.0.1:{port}/environ"))
+        self.assertEqual(env["wsgi.url_scheme"], "https")
+        self.assertIs(env["wsgi.multiprocess"], True)
+        if args:
+            self.assertEqual(env["SERVER_PROTOCOL"], "HTTP/2")
+        proc.signal("TERM")
+        await proc.wait_exit(timeout=15)

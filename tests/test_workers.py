@@ -11,7 +11,6 @@ import signal
 import stat
 from typing import List, Set
 
-from twisted.internet import reactor
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 

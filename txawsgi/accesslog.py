@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -27,7 +27,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 __all__ = ["AccessLog", "AccessLogService", "CLIENT_CLOSED", "combined_line", "escape"]
 
@@ -100,7 +100,7 @@ def combined_line(request: IRequest, *, when: float, aborted: bool) -> str:
     )
 
 
-class Sink(Enum):
+class Sink(State):
     """
     Whether an L{AccessLog} can write.
     """

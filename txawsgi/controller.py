@@ -11,7 +11,7 @@ it, even when middleware wraps the controller.
 from __future__ import annotations
 
 from collections import deque
-from enum import Enum, auto
+from enum import auto
 from threading import Lock
 from typing import Any, Callable, Optional
 
@@ -29,13 +29,13 @@ from txawsgi.errors import (
     InvalidBody,
 )
 from txawsgi.interfaces import IController, IRequestBody, IWakeSource
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 #: Queued bytes at which C{put()} starts answering C{False}.
 HIGH_WATER = 64 * 1024
 
 
-class Output(Enum):
+class Output(State):
     """
     The controller's side of the response body.
     """

@@ -16,7 +16,7 @@ raises L{StopIteration} (the exchange is over).
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred
@@ -29,7 +29,7 @@ from zope.interface import implementer
 from txawsgi.errors import ExtensionMisuse, InvalidBody
 from txawsgi.response import Response
 from txawsgi.runners import IRunner, ReactorRunner
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 #: Steps run at once in C{start()}, before handing over to the cooperator:
 #: a short response is written within the request's own reactor turn.
@@ -43,7 +43,7 @@ BACKOFF_MAX = 1.0
 _END = object()
 
 
-class Run(Enum):
+class Run(State):
     """
     Where an engine is in iterating the application's iterable.
     """
@@ -85,7 +85,7 @@ _RUN_EDGES = edges(
 FINAL = frozenset({Run.DONE, Run.FAILED, Run.ABORTED})
 
 
-class Flow(Enum):
+class Flow(State):
     """
     Whether the transport is accepting data (push-producer state).
     """
@@ -130,6 +130,7 @@ class Engine:
         "_unpaused",
         "_first",
         "_cancel",
+        "_waiting_on",
         "sources",
         "resumed",
     )
@@ -166,6 +167,7 @@ class Engine:
         self._unpaused: Optional[Deferred[None]] = None
         self._first: Optional[Deferred[Any]] = None
         self._cancel: Optional[Failure] = None
+        self._waiting_on: Any = None
         self.sources: list[Any] = []
         self.resumed: Optional[Callable[[], None]] = None
 
@@ -305,6 +307,7 @@ class Engine:
                 run.to(Run.RUNNING)
                 return None
             run.to(Run.WAITING)
+            self._waiting_on = armed
             sleeping = self._sleeping = Deferred()
             return sleeping
         if self._woken:
@@ -339,12 +342,18 @@ class Engine:
         """
         state = self._run.state
         if state is Run.WAITING:
+            waiting_on = self._waiting_on
+            if waiting_on is not None and waiting_on.idle:
+                # Suspended on one source, which has not fired: another
+                # source's wake (a controller put) does not resume it.
+                return
             self._run.to(Run.RUNNING)
             self._resume_sleeper()
         elif state is Run.RUNNING or state is Run.PULLING:
             self._woken = True
 
     def _resume_sleeper(self) -> None:
+        self._waiting_on = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -375,7 +384,8 @@ class Engine:
         L{None} if the transport is accepting data, else a L{Deferred} that
         fires when it resumes (for blocking writers in worker threads).
         """
-        if self._flow.state is Flow.FLOWING or self._run.state in FINAL:
+        state = self._run.state
+        if self._flow.state is Flow.FLOWING or state in FINAL or state is Run.CANCELLING:
             return None
         if self._unpaused is None:
             self._unpaused = Deferred()
@@ -395,6 +405,7 @@ class Engine:
             return
         if state is Run.PULLING:
             self._run.to(Run.CANCELLING)
+            self._release_writer()
             return
         self._abort_now()
 
@@ -411,6 +422,7 @@ class Engine:
         if state is Run.PULLING:
             self._cancel = reason
             self._run.to(Run.CANCELLING)
+            self._release_writer()
             return
         self._fail(reason)
 
@@ -452,6 +464,14 @@ class Engine:
         Wake whatever the cooperator waits on, so the task ends.
         """
         self._resume_sleeper()
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        """
+        Release a C{write()} blocked on L{drained} (a worker thread, a
+        greenlet): the exchange is ending, so the pull it blocks must
+        return for the ending to complete.
+        """
         unpaused, self._unpaused = self._unpaused, None
         if unpaused is not None:
             unpaused.callback(None)

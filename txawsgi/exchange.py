@@ -253,6 +253,10 @@ class Exchange:
         runner.wait(lambda: self._write_and_wait(data))
 
     def _write_and_wait(self, data: bytes) -> Any:
+        if self._engine.state is Run.CANCELLING:
+            # The exchange is ending (the client left, a timeout): drop the
+            # bytes rather than buffer them in a paused transport.
+            return None
         self._response.write(data)
         return self._engine.drained()
 

@@ -16,7 +16,7 @@ changes: a copy of the environ made by middleware holds the same flag.
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Optional, Union
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from txawsgi.errors import ExtensionMisuse
 from txawsgi.interfaces import IWakeSource
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 FileDescriptor = Union[int, Any]
 
@@ -56,7 +56,7 @@ class TimeoutFlag:
         return repr(self.timed_out)
 
 
-class Watch(Enum):
+class Watch(State):
     """
     The state of a request's descriptor watch.
     """
@@ -157,15 +157,17 @@ class FdEvents:
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
             raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
         descriptor = _Descriptor(_fileno(fd), self)
+        # Register first: a descriptor the reactor refuses (closed, a
+        # regular file) raises here and leaves nothing armed or watched.
+        if writing:
+            self._reactor.addWriter(descriptor)
+        else:
+            self._reactor.addReader(descriptor)
         self._arm(self)
         self._machine.to(Watch.WATCHING)
         self._descriptor = descriptor
         self._writing = writing
         self.flag.timed_out = False
-        if writing:
-            self._reactor.addWriter(descriptor)
-        else:
-            self._reactor.addReader(descriptor)
         if timeout is not None:
             self._timer = self._reactor.callLater(timeout, self.ready, True)
         return ""

@@ -8,7 +8,7 @@ controller's C{on_get} only talk to an L{IRequestBody}.
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from tempfile import SpooledTemporaryFile
 from threading import Condition
 from typing import IO, Any, Callable, Optional
@@ -21,7 +21,7 @@ from zope.interface import Interface, implementer
 from txawsgi.errors import BodyTooLarge, BodyTruncated, WouldBlock
 from txawsgi.interfaces import IRequestBody
 from txawsgi.runners import IRunner, ReactorRunner
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 #: Unread bytes at which a streamed body stops reading the connection.
 HIGH_WATER = 64 * 1024
@@ -63,7 +63,7 @@ class BufferedBody:
         pass
 
 
-class Body(Enum):
+class Body(State):
     """
     Where a streamed request body is.
     """

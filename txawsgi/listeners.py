@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.internet import endpoints, tcp, unix
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 __all__ = [
@@ -177,8 +177,6 @@ class InheritedEndpoint:
     Listen on a socket inherited from the supervisor (in a worker).
     """
 
-    _log = Logger()
-
     def __init__(self, reactor: Any, fd: int, family: int, description: str, tls: bool) -> None:
         self._reactor = reactor
         self.fd = fd
@@ -187,12 +185,8 @@ class InheritedEndpoint:
         self.tls = tls
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        from twisted.internet.defer import fail
-
         try:
             if self.tls:
-                from twisted.protocols.tls import TLSMemoryBIOFactory
-
                 factory = TLSMemoryBIOFactory(_tls_context(self._reactor, self.description), False, factory)
             os.set_blocking(self.fd, False)
             if self.family == socket.AF_UNIX:

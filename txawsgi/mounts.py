@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Optional
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.static import File
 from zope.interface import implementer
 
 from txawsgi.interfaces import IDrainable
-from twisted.internet.defer import Deferred, DeferredList
 
-__all__ = ["Mounts", "StaticFiles", "parse_prefix"]
+__all__ = ["Mounts", "StaticFiles", "parse_prefix", "static_directory"]
 
 
 def parse_prefix(prefix: str) -> tuple[bytes, ...]:

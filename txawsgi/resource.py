@@ -79,7 +79,9 @@ class AWSGIResource(Resource):
         soon as the request headers are in (under an L{AWSGISite}) and let
         the body stream to C{on_get}; a C{wsgi.input} read that would block
         raises L{WouldBlock}.  Otherwise a plain application is called once
-        the whole body is in.  Threadpool mode always streams.
+        the whole body is in.  Threadpool mode always streams.  An
+        application that reads its bodies with C{on_get} can ask for this
+        itself with a true C{awsgi_stream_input} attribute.
     @param max_body: the largest request body accepted, in bytes; larger
         ones get a 413.  L{None} for no limit.
     @param greenlets: run each call into the application in a greenlet on
@@ -123,7 +125,7 @@ class AWSGIResource(Resource):
             application,
             runner,
             cooperator,
-            stream_input,
+            stream_input or bool(getattr(application, "awsgi_stream_input", False)),
             max_body,
             observers=(self._in_flight, *observers),
             multiprocess=multiprocess,

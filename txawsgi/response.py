@@ -12,7 +12,7 @@ aborts the connection so the client sees a truncated response.
 from __future__ import annotations
 
 import re
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from txawsgi.errors import (
     RequestTimedOut,
     StartResponseError,
 )
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -58,7 +58,7 @@ TOO_LARGE_BODY = b"Request Entity Too Large\n"
 TIMED_OUT_BODY = b"Service Unavailable: the request timed out\n"
 
 
-class Phase(Enum):
+class Phase(State):
     """
     Where a response is in its life.
     """
@@ -99,6 +99,14 @@ def _latin1(value: Any, error: type[Exception], what: str) -> bytes:
         raise error(f"{what} must be latin-1 encodable: {value!r}") from None
 
 
+#: Validated statuses and header pairs.  Applications send the same
+#: literals on every request, so each is checked once; bounded so varying
+#: values (Content-Length, ETag) cannot grow it without limit.
+_STATUSES: dict[str, tuple[int, bytes]] = {}
+_HEADERS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_CACHE_SIZE = 1024
+
+
 def check_status(status: Any) -> tuple[int, bytes]:
     """
     Validate a PEP 3333 status string.
@@ -107,13 +115,41 @@ def check_status(status: Any) -> tuple[int, bytes]:
     @raise InvalidStatus: if it is not C{"NNN Reason"} in latin-1 without
         control characters.
     """
+    if type(status) is str:
+        checked = _STATUSES.get(status)
+        if checked is not None:
+            return checked
     raw = _latin1(status, InvalidStatus, "status")
     if _CONTROL.search(status) or status.find("\t") != -1:
         raise InvalidStatus(f"status contains a control character: {status!r}")
     code, space, reason = status.partition(" ")
     if len(code) != 3 or not code.isdigit() or not space or code[0] == "0":
         raise InvalidStatus(f"status must look like '200 OK': {status!r}")
-    return int(code), raw[4:]
+    checked = int(code), raw[4:]
+    if len(_STATUSES) < _CACHE_SIZE:
+        _STATUSES[status] = checked
+    return checked
+
+
+def _check_header(item: Any) -> tuple[bytes, bytes]:
+    if type(item) is not tuple or len(item) != 2:
+        raise InvalidHeader(f"each header must be a (name, value) tuple: {item!r}")
+    name, value = item
+    raw_name = _latin1(name, InvalidHeader, "header name")
+    raw_value = _latin1(value, InvalidHeader, f"value of header {name!r}")
+    if not _TOKEN.match(name):
+        raise InvalidHeader(f"invalid header name: {name!r}")
+    if _CONTROL.search(value):
+        raise InvalidHeader(f"header {name!r} has a control character in its value: {value!r}")
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        raise HopByHopHeader(f"hop-by-hop header {name!r} is for the server to set")
+    if lower == "status":
+        raise InvalidHeader("'Status' is not a response header; pass it as the status")
+    pair = raw_name, raw_value.strip(b" \t")
+    if len(_HEADERS) < _CACHE_SIZE:
+        _HEADERS[item] = pair
+    return pair
 
 
 def check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -127,23 +163,14 @@ def check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     """
     if type(headers) is not list:
         raise InvalidHeader(f"headers must be a list, not {type(headers).__name__}")
+    cache = _HEADERS
     encoded = []
     for item in headers:
-        if type(item) is not tuple or len(item) != 2:
-            raise InvalidHeader(f"each header must be a (name, value) tuple: {item!r}")
-        name, value = item
-        raw_name = _latin1(name, InvalidHeader, "header name")
-        raw_value = _latin1(value, InvalidHeader, f"value of header {name!r}")
-        if not _TOKEN.match(name):
-            raise InvalidHeader(f"invalid header name: {name!r}")
-        if _CONTROL.search(value):
-            raise InvalidHeader(f"header {name!r} has a control character in its value: {value!r}")
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            raise HopByHopHeader(f"hop-by-hop header {name!r} is for the server to set")
-        if lower == "status":
-            raise InvalidHeader("'Status' is not a response header; pass it as the status")
-        encoded.append((raw_name, raw_value.strip(b" \t")))
+        try:
+            pair = cache.get(item)
+        except TypeError:  # an unhashable item is invalid anyway
+            pair = None
+        encoded.append(pair if pair is not None else _check_header(item))
     return encoded
 
 

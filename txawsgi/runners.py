@@ -150,6 +150,10 @@ class GreenletRunner:
         return result
 
     def _resume(self, child: Any, result: Deferred[Any], args: tuple[Any, ...]) -> None:
+        # Switch back, on its next wait or its end, to whoever resumes it
+        # now: usually the reactor's greenlet, but a Deferred fired by code
+        # in another request's greenlet resumes this one from there.
+        child.parent = self._getcurrent()
         out = child.switch(*args)
         if child.dead:
             self._ours.discard(child)

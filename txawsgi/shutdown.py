@@ -20,7 +20,7 @@ its open streams are done.
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Iterable, Optional, Sequence
 
 from twisted.application.service import IService, MultiService, Service
@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from txawsgi.interfaces import IDrainable
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 __all__ = ["Connections", "GracefulShutdown", "ServingService", "Stage"]
 
@@ -110,7 +110,7 @@ class Connections:
         """
         if not self._live:
             return succeed(None)
-        d: Deferred[None] = Deferred()
+        d: Deferred[None] = Deferred(canceller=self._emptied.remove)
         self._emptied.append(d)
         return d
 
@@ -184,7 +184,7 @@ class Connections:
             poll.stop()
 
 
-class Stage(Enum):
+class Stage(State):
     """
     Where a graceful shutdown is.
     """

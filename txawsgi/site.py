@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from txawsgi.input import Body, IBodyFlow, IBodySink
 from txawsgi.interfaces import IAWSGIResource
+from txawsgi.limits import DEFAULT_LIMITS, ChunkedDecoder, Head, Limits, MalformedChunk, Refused, refusal
 
 try:
     from twisted.web.http import _GenericHTTPChannelProtocol
@@ -89,6 +90,9 @@ class AWSGIRequest(server.Request):
     body_sink: Optional[IBodySink] = None
     _body_complete = False
     _continue_sent = False
+    #: The channel refused this request's body after dispatching it (and
+    #: answered for it): nothing the application writes goes out.
+    _refused = False
 
     def dispatch_at_headers(self, command: bytes, uri: bytes, version: bytes) -> bool:
         """
@@ -139,6 +143,8 @@ class AWSGIRequest(server.Request):
         super().connectionLost(reason)
 
     def write(self, data: bytes) -> None:
+        if self._refused:
+            return
         if not self.startedWriting and self._ends_before_body():
             # The connection will close after this response (see finish):
             # say so in it (RFC 9112 section 9.6), so the client does not
@@ -189,19 +195,116 @@ class AWSGIChannel(http.HTTPChannel):
     """
     An HTTP/1.1 channel that lets an L{AWSGIRequest} take its body as it
     arrives and decide when to send C{100 Continue}.
+
+    It also checks each request head against its site's L{Limits} and the
+    rules of L{txawsgi.limits} before Twisted's parser sees it, decodes
+    chunked bodies strictly, and answers what it refuses (and what Twisted's
+    parser refuses) with a precise status, then closes.
     """
 
     valve: _Valve
+    limits: Limits = DEFAULT_LIMITS
     _lingering = False
     _lingering_request: Optional[AWSGIRequest] = None
     _linger_call: Any = None
+    _head: Optional[Head] = None
+    _authority: Optional[bytes] = None
+    _refused = False
 
     def connectionMade(self) -> None:
+        limits = getattr(getattr(self, "site", None), "limits", None)
+        if isinstance(limits, Limits):
+            self.limits = limits
+        limits = self.limits
+        self.MAX_LENGTH = limits.line_buffer
+        # Twisted's own head limits never trip before ours (which count more).
+        self.totalHeadersSize = limits.head
+        self.maxHeaders = limits.fields + 1 if limits.fields else limits.head
         super().connectionMade()
         self.valve = self._networkProducer = _Valve(self._networkProducer)
 
+    # -- request-head hardening (txawsgi.limits) -------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        head = self._head
+        try:
+            if head is None:
+                if line and self.persistent:
+                    head = self._head = Head(self.limits)
+                    line = head.request_line(line)
+                # (Else Twisted eats one empty line before a request, or
+                # drops what follows a request that ends the connection.)
+            elif line:
+                checked = head.field_line(line)
+                if checked is None:
+                    return
+                line = checked
+            else:
+                self._head = None
+                head.end()
+                self._authority = head.authority
+        except Refused as refused:
+            self.refuse(refused)
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        limits = self.limits
+        if self._head is None:
+            self.refuse(Refused(414, b"URI Too Long", f"request line over the limit of {limits.line_buffer} bytes"))
+        else:
+            self.refuse(
+                Refused(431, b"Request Header Fields Too Large", f"a header field over the limit of {limits.line_buffer} bytes")
+            )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's parser refused something txawsgi's checks let through.
+        self.refuse(Refused(400, b"Bad Request", "malformed request"))
+
+    def refuse(self, refused: Refused) -> None:
+        """
+        Answer a request that must not be served, then close the connection
+        (lingering, so the client reads the answer rather than a reset).  A
+        request the application already has (its body went bad) loses its
+        body at once; if its response has started, the connection is cut.
+        """
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self._head = None
+        self.clearLineBuffer()
+        self._log.info(
+            "Refused a request from {peer}: {refused}",
+            peer=str(self.transport.getPeer()),
+            refused=str(refused),
+        )
+        request = self.requests[-1] if self.requests else None
+        if isinstance(request, AWSGIRequest) and request.dispatched_at_headers:
+            sink = request.body_sink
+            if sink is not None and not request._body_complete:
+                request._body_complete = True
+                sink.lose(ValueError(refused.reason))
+            if request.startedWriting:
+                self.persistent = False
+                self.transport.abortConnection()
+                return
+            request._refused = True
+        self.transport.write(refusal(refused.code, refused.phrase, refused.reason))
+        self.persistent = False
+        self.loseConnection()
+
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
+        authority, self._authority = self._authority, None
+        if authority is not None:
+            # RFC 9112 section 3.2.2: an absolute-form target's authority is
+            # the request's host, whatever Host says.
+            request.requestHeaders.setRawHeaders(b"Host", [authority])
+        decoder = self._transferDecoder
+        if isinstance(decoder, http._ChunkedTransferDecoder):
+            self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback, self.limits)
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
         if (
@@ -226,9 +329,12 @@ class AWSGIChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self._lingering:
+        if self._lingering or self._refused:
             return
-        super().rawDataReceived(data)
+        try:
+            super().rawDataReceived(data)
+        except MalformedChunk as malformed:
+            self.refuse(malformed.refused)
 
     def linger_after(self, request: AWSGIRequest) -> None:
         """
@@ -240,7 +346,9 @@ class AWSGIChannel(http.HTTPChannel):
         self._lingering_request = request
 
     def loseConnection(self) -> None:
-        if self._lingering_request is None or self.transport is None:
+        if self._lingering:
+            return
+        if (self._lingering_request is None and not self._refused) or self.transport is None:
             super().loseConnection()
             return
         self._lingering_request = None
@@ -288,6 +396,9 @@ class AWSGISite(server.Site):
 
     requestFactory = AWSGIRequest
     protocol = _channel_protocol
+    #: The request-head limits its connections apply (see L{Limits}); set
+    #: an instance's before it listens.
+    limits: Limits = DEFAULT_LIMITS
 
 
 __all__ = ["AWSGISite", "AWSGIRequest", "AWSGIChannel"]

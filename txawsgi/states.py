@@ -14,6 +14,20 @@ from typing import Generic, Iterable, Mapping, TypeVar
 
 from txawsgi.errors import IllegalTransition
 
+
+
+class State(Enum):
+    """
+    Base class for lifecycle states.
+
+    Members are singletons, so identity is their hash: membership tests and
+    transition lookups, on every request's hot path, skip C{Enum}'s
+    Python-level C{__hash__}.
+    """
+
+    __hash__ = object.__hash__
+
+
 S = TypeVar("S", bound=Enum)
 
 

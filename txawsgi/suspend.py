@@ -10,7 +10,7 @@ C{b''} through does not break it.
 
 from __future__ import annotations
 
-from enum import Enum, auto
+from enum import auto
 from typing import Any, Callable, Optional
 
 from twisted.python.threadable import isInIOThread
@@ -18,10 +18,10 @@ from zope.interface import implementer
 
 from txawsgi.errors import ExtensionMisuse
 from txawsgi.interfaces import IWakeSource
-from txawsgi.states import Machine, edges
+from txawsgi.states import Machine, State, edges
 
 
-class Suspension(Enum):
+class Suspension(State):
     """
     Whether the application is suspended.
     """
@@ -42,7 +42,7 @@ class Suspender:
     One request's C{x-wsgiorg.suspend} extension.
     """
 
-    __slots__ = ("_reactor", "_wake", "_arm", "_machine", "_timer", "_generation")
+    __slots__ = ("_reactor", "_wake", "_arm", "_machine", "_timer", "_generation", "_closed")
 
     def __init__(self, reactor: Any, wake: Callable[[], None], arm: Callable[[Any], None]) -> None:
         self._reactor = reactor
@@ -51,6 +51,7 @@ class Suspender:
         self._machine = Machine(Suspension.RUNNING, _EDGES)
         self._timer: Any = None
         self._generation = 0
+        self._closed = False
 
     @property
     def idle(self) -> bool:
@@ -70,7 +71,12 @@ class Suspender:
         self._generation += 1
         generation = self._generation
         if timeout is not None:
-            self._timer = self._reactor.callLater(timeout, self._resume, generation)
+            if isInIOThread():
+                self._start_timer(timeout, generation)
+            else:
+                # An application in a worker thread: the reactor's timers
+                # are not thread-safe.
+                self._reactor.callFromThread(self._start_timer, timeout, generation)
 
         def resume() -> None:
             """
@@ -84,6 +90,11 @@ class Suspender:
 
         return resume
 
+    def _start_timer(self, timeout: float, generation: int) -> None:
+        if self._closed or generation != self._generation or self._machine.state is not Suspension.SUSPENDED:
+            return
+        self._timer = self._reactor.callLater(timeout, self._resume, generation)
+
     def _resume(self, generation: int) -> None:
         # A resume callable belongs to one suspension: an old one is a no-op.
         if generation != self._generation or self._machine.state is not Suspension.SUSPENDED:
@@ -95,6 +106,10 @@ class Suspender:
         self._wake()
 
     def close(self) -> None:
+        """
+        The exchange is over: no timer may outlive it.
+        """
+        self._closed = True
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()

@@ -37,6 +37,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from txawsgi.accesslog import AccessLog, AccessLogService
+from txawsgi.limits import DEFAULT_LIMITS, Limits, non_negative
 from txawsgi.listeners import check_shareable
 from txawsgi.loader import load_app
 from txawsgi.mounts import Mounts, parse_prefix, static_directory
@@ -184,10 +185,34 @@ class Options(usage.Options):
             None,
             0.0,
             "Cut off an application that has not finished its response this "
-            "long after it was called: 503, or a closed connection if the "
+            "long after the request reached it: 503, or a closed connection if the "
             "response had started.  Off by default (long-polls are "
             "legitimate).",
             _seconds,
+        ],
+        [
+            "limit-request-line",
+            None,
+            DEFAULT_LIMITS.request_line,
+            "Answer 414 to a request line longer than BYTES (0: only the "
+            "64 KiB head limit applies).",
+            non_negative,
+        ],
+        [
+            "limit-request-fields",
+            None,
+            DEFAULT_LIMITS.fields,
+            "Answer 431 to a request with more than N header fields (or "
+            "trailer fields); 0: no limit.",
+            non_negative,
+        ],
+        [
+            "limit-request-field-size",
+            None,
+            DEFAULT_LIMITS.field_size,
+            "Answer 431 to a header field line longer than BYTES, CRLF "
+            "included (0: only the 64 KiB head limit applies).",
+            non_negative,
         ],
     ]
     optFlags = [
@@ -256,8 +281,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Apply defaults, validate C{--listen} and C{--threads}, load the
-        application.
+        Apply defaults, validate every option, load the applications.
         """
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -298,8 +322,7 @@ class Options(usage.Options):
         Load --app and every --mount; check --static directories and that
         no two things claim one prefix.
         """
-        explicit = self["app"] is not None
-        if not explicit and not self["mount"] and not self["static"]:
+        if self["app"] is None and not self["mount"] and not self["static"]:
             self["app"] = DEFAULT_APP
         application = None
         if self["app"] is not None:
@@ -313,12 +336,11 @@ class Options(usage.Options):
             claimed[()] = f"--app {self['app']}"
         mounts = []
         for prefix, spec in self["mount"]:
-            segments = _claim(claimed, "--mount", prefix, spec)
+            _claim(claimed, "--mount", prefix, spec)
             try:
                 mounts.append((prefix, spec, load_app(spec)))
             except ValueError as e:
                 raise usage.UsageError(f"--mount {prefix}={spec}: {e}") from e
-            del segments
         statics = []
         for prefix, directory in self["static"]:
             _claim(claimed, "--static", prefix, directory)
@@ -344,7 +366,7 @@ def _split_mapping(option: str, value: str, form: str) -> tuple[str, str]:
 
 def _claim(
     claimed: dict[tuple[bytes, ...], str], option: str, prefix: str, target: str
-) -> tuple[bytes, ...]:
+) -> None:
     """
     Record that C{option} serves C{prefix}, or fail if something else does.
     """
@@ -355,7 +377,6 @@ def _claim(
             f"{option} {prefix}={target} conflicts with {other} (both serve {prefix!r})"
         )
     claimed[segments] = f"{option} {prefix}={target}"
-    return segments
 
 
 def _checkEndpoint(description: str, shared: bool = False) -> None:
@@ -552,6 +573,11 @@ def make_server_service(
         proxy=ProxyHeaders(options["trusted-proxies"]) if options["proxy-headers"] else None,
         root_path=options["root-path"] or "",
         access_log=access_log,
+    )
+    site.limits = Limits(
+        request_line=options["limit-request-line"],
+        fields=options["limit-request-fields"],
+        field_size=options["limit-request-field-size"],
     )
     if endpoints is None:
         for description in options["listen"]:

@@ -6,14 +6,16 @@ hand.
 It parses the same options as the supervisor, serves on the sockets it
 inherited (described in C{$TXAWSGI_WORKER}), writes its log to standard
 output without timestamps (the supervisor's log adds them, and the worker's
-name), shuts down gracefully on SIGTERM, and also when its supervisor goes
-away (its stdin pipe closes).
+name), shuts down gracefully on SIGTERM (SIGINT, which a terminal sends to
+the whole process group, is left to the supervisor), and also when its
+supervisor goes away (its stdin pipe closes).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any, Callable, Optional, Sequence
@@ -91,6 +93,10 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> None:
     Run a worker until it is told to stop.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C reaches the whole process group: the supervisor's SIGTERM is
+    # the order to stop (a second stop would fail), so SIGINT is ignored
+    # (and Twisted leaves it so).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         config = json.loads(os.environ.pop(ENV))
     except (KeyError, ValueError):
