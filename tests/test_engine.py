@@ -61,6 +61,7 @@ class FakeResponse:
         self.overflowed = False
         self.finish_error: Optional[Exception] = None
         self.events: List[str] = []
+        self.producer: Optional[object] = None
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -78,6 +79,10 @@ class FakeResponse:
     def abort(self) -> None:
         self.aborted += 1
         self.events.append("abort")
+
+    def attach(self, producer: object) -> None:
+        self.producer = producer
+        self.events.append("attach")
 
 
 class Source:
@@ -266,6 +271,43 @@ class EngineFinalStateTests(SynchronousTestCase):
         h.engine.start(h.iterable([b"x"] * (EAGER_STEPS - 2)))
         self.assertIs(h.engine.state, Run.DONE)
         self.assertEqual(len(h.response.written), EAGER_STEPS - 2)
+
+    def test_listWrittenAtOnce(self) -> None:
+        """
+        A list is written within C{start()}, however long, with its empty
+        strings skipped (nothing would wake the engine for them) and no
+        producer registered (the response ended before it could matter).
+        """
+        h = self.h
+        chunks = [b"a", b"", b"b"] * (EAGER_STEPS * 4)
+        h.engine.start(chunks)
+        self.assertIs(h.engine.state, Run.DONE)
+        self.assertEqual(h.response.written, [b"a", b"b"] * (EAGER_STEPS * 4))
+        self.assertEqual(h.response.events, ["finish", "ended:DONE"])
+        self.assertIsNone(h.response.producer)
+
+    def test_listWithNonBytesFails(self) -> None:
+        """
+        A tuple holding a C{str} fails the response precisely; what came
+        before it was written.
+        """
+        h = self.h
+        h.engine.start((b"a", "b"))
+        self.assertIs(h.engine.state, Run.FAILED)
+        self.assertEqual(h.response.written, [b"a"])
+        [failure] = h.response.failures
+        self.assertIsInstance(failure.value, InvalidBody)
+
+    def test_generatorAttachesProducerWhenLong(self) -> None:
+        """
+        An iterable that outlives the eager steps registers the engine as
+        the transport's producer, to follow the client's pace.
+        """
+        h = self.h
+        h.engine.start(h.iterable([b"x"] * (EAGER_STEPS * 3)))
+        self.assertIs(h.response.producer, h.engine)
+        h.run_until_idle()
+        self.assertIs(h.engine.state, Run.DONE)
 
     def test_longResponseHandedToCooperator(self) -> None:
         h = self.h

@@ -42,6 +42,9 @@ BACKOFF_MAX = 1.0
 
 _END = object()
 
+#: Iterables whose whole body is already in memory.
+_SEQUENCES = (list, tuple)
+
 
 class Run(State):
     """
@@ -196,6 +199,9 @@ class Engine:
             self._close()
             return
         self._run.to(Run.RUNNING)
+        if self._runner.inline and iterable.__class__ in _SEQUENCES:
+            self._write_all(iterable)  # type: ignore[arg-type]
+            return
         try:
             self._next = iter(self._iterable).__next__
         except Exception:
@@ -209,7 +215,33 @@ class Engine:
             if waiting is not None:
                 self._first = waiting
                 break
+        # Outlived the eager steps: follow the transport's pace from now on.
+        self._response.attach(self)
         self._cooperator.cooperate(self)
+
+    def _write_all(self, chunks: "list[bytes] | tuple[bytes, ...]") -> None:
+        """
+        The application returned a list or tuple: its body is already in
+        memory, so write it in one go.  Empty strings in it mean nothing
+        here (no one will wake the engine), so they are skipped.
+        """
+        response = self._response
+        try:
+            for chunk in chunks:
+                if chunk.__class__ is not bytes:
+                    if not isinstance(chunk, bytes):
+                        raise InvalidBody(
+                            f"application iterable yielded {type(chunk).__name__}, not bytes: {chunk!r:.80}"
+                        )
+                    chunk = bytes(chunk)
+                if chunk:
+                    response.write(chunk)
+                    if response.overflowed:
+                        break
+        except Exception:
+            self._fail(Failure())
+            return
+        self._complete()
 
     def __iter__(self) -> "Engine":
         return self

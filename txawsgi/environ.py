@@ -46,6 +46,22 @@ def _environ_key(name: bytes) -> str | None:
     return key
 
 
+#: The constant part of environs, per (multithread, multiprocess, wrapper).
+_BASES: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+#: Methods and protocol versions repeat: decode each once.
+_TEXT: dict[bytes, str] = {}
+
+
+def _text(raw: bytes) -> str:
+    text = _TEXT.get(raw)
+    if text is None:
+        text = raw.decode("latin-1")
+        if len(_TEXT) < 256:
+            _TEXT[raw] = text
+    return text
+
+
 def _host_and_port(host: str) -> tuple[str, str | None]:
     """
     Split a C{Host} header into name and optional port, IPv6-literal aware.
@@ -94,28 +110,33 @@ def build_environ(
     """
     prepath = request.prepath
     postpath = request.postpath
-    uri: bytes = request.uri
-    path, sep, query = uri.partition(b"?")
+    uri: str = request.uri.decode("latin-1")
+    path, sep, query = uri.partition("?")
     scheme = "https" if request.isSecure() else "http"
 
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method.decode("latin-1"),
-        "SCRIPT_NAME": ("/" + b"/".join(prepath).decode("latin-1")) if prepath else "",
-        "PATH_INFO": ("/" + b"/".join(postpath).decode("latin-1")) if postpath else "",
-        "QUERY_STRING": query.decode("latin-1"),
-        "REQUEST_URI": uri.decode("latin-1"),
-        "RAW_URI": uri.decode("latin-1"),
-        "SERVER_PROTOCOL": request.clientproto.decode("latin-1"),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
-        "wsgi.input": input,
-        "wsgi.errors": errors,
-        "wsgi.multithread": multithread,
-        "wsgi.multiprocess": multiprocess,
-        "wsgi.run_once": False,
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": file_wrapper,
-    }
+    shared = (multithread, multiprocess, file_wrapper)
+    base = _BASES.get(shared)
+    if base is None:
+        base = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": multithread,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": file_wrapper,
+        }
+        if len(_BASES) < 64:
+            _BASES[shared] = base
+    environ: dict[str, Any] = base.copy()
+    environ["REQUEST_METHOD"] = _text(request.method)
+    environ["SCRIPT_NAME"] = ("/" + b"/".join(prepath).decode("latin-1")) if prepath else ""
+    environ["PATH_INFO"] = ("/" + b"/".join(postpath).decode("latin-1")) if postpath else ""
+    environ["QUERY_STRING"] = query
+    environ["REQUEST_URI"] = environ["RAW_URI"] = uri
+    environ["SERVER_PROTOCOL"] = _text(request.clientproto)
+    environ["wsgi.url_scheme"] = scheme
+    environ["wsgi.input"] = input
+    environ["wsgi.errors"] = errors
 
     for name, values in request.requestHeaders.getAllRawHeaders():
         key = _environ_key(name)

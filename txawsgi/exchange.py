@@ -182,7 +182,11 @@ class Exchange:
             environ["x-wsgiorg.fdevent.writable"] = self._writable
             environ["x-wsgiorg.fdevent.timeout"] = self._flag
         response = self._response
-        response.attach(self._engine)
+        if not container.runner.inline:
+            # Writes from a worker or greenlet wait on the transport from
+            # the start; inline, the engine registers once it outlives its
+            # eager steps (a short response never needs to).
+            response.attach(self._engine)
         request.notifyFinish().addErrback(self._lost)
         if refused is not None:
             self._engine.crash(Failure(refused))
@@ -204,6 +208,8 @@ class Exchange:
         engine = self._engine
         if engine.state is not Run.CALLING:
             return
+        if "HTTP_TRANSFER_ENCODING" in environ:
+            self._unframe(environ)
         runner = container.runner
         if not runner.inline:
             response.app_write = self._write_blocking
@@ -216,6 +222,29 @@ class Exchange:
             engine.crash(Failure())
             return
         engine.start(iterable)
+
+    def _unframe(self, environ: dict[str, Any]) -> None:
+        """
+        The server decoded a chunked body: like waitress, hide its
+        C{Transfer-Encoding} (Bottle would decode the chunks again) and, if
+        the whole body is in before the call, give its C{CONTENT_LENGTH}
+        (Django and WebOb read that many bytes, and none without it).
+        """
+        del environ["HTTP_TRANSFER_ENCODING"]
+        body = self._body
+        if "CONTENT_LENGTH" in environ or isinstance(body, StreamingBody):
+            return
+        if isinstance(body, SpooledBody):
+            environ["CONTENT_LENGTH"] = str(body.received)
+            return
+        content = body.file
+        try:
+            position = content.tell()
+            size = content.seek(0, 2) - position
+            content.seek(position)
+        except (AttributeError, OSError, ValueError):
+            return
+        environ["CONTENT_LENGTH"] = str(size)
 
     def controller(self, environ: dict[str, Any]) -> Controller:
         """

@@ -87,6 +87,10 @@ _EDGES = edges(
 )
 
 
+#: Phases after which nothing is registered or written.
+_ENDED = frozenset({Phase.COMPLETE, Phase.ABORTED})
+
+
 def _latin1(value: Any, error: type[Exception], what: str) -> bytes:
     """
     Encode a native string as latin-1, or raise C{error} naming C{what}.
@@ -252,6 +256,13 @@ class Response:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
+        elif state is Phase.ABORTED:
+            # The client went away while the application was being called
+            # (in a worker or a greenlet): nothing will be sent, but the
+            # application may finish normally, and its iterable be closed.
+            check_status(status)
+            check_headers(headers)
+            return self.app_write
         elif state is not Phase.PENDING:
             raise StartResponseError("start_response() called a second time without exc_info")
         code, reason = check_status(status)
@@ -267,6 +278,8 @@ class Response:
         is unregistered when the response ends, before the request finishes
         (a keep-alive connection's next request registers its own).
         """
+        if self._producer is producer or self._machine.state in _ENDED:
+            return
         self._producer = producer
         self._request.registerProducer(producer, True)
 

@@ -295,6 +295,18 @@ class AWSGIChannel(http.HTTPChannel):
         self.persistent = False
         self.loseConnection()
 
+    _secure: Optional[bool] = None
+
+    def isSecure(self) -> bool:
+        """
+        Whether the connection is TLS: asked per request, answered once per
+        connection (Twisted adapts the transport to an interface each time).
+        """
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = super().isSecure()
+        return secure
+
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
         authority, self._authority = self._authority, None
