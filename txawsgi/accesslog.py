@@ -25,7 +25,7 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from txawsgi.states import Machine, State, edges
 
@@ -72,7 +72,7 @@ def _timestamp(when: float) -> str:
     )
 
 
-def combined_line(request: IRequest, *, when: float, aborted: bool) -> str:
+def combined_line(request: Request, *, when: float, aborted: bool) -> str:
     """
     The combined-format line for C{request} (without the newline).
 

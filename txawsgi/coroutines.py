@@ -29,16 +29,16 @@ still applies.
 from __future__ import annotations
 
 import functools
-from typing import Any, Awaitable, Callable, Iterable, Optional
+from typing import Any, Callable, Coroutine, Iterable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.python.threadable import isInIOThread
 
-from txawsgi.errors import AlreadyFinished, ClientDisconnected
+from txawsgi.errors import AlreadyFinished, BodyTruncated, ClientDisconnected
 
-CoroutineApp = Callable[[dict, Callable[..., Any], "Stream"], Awaitable[None]]
+CoroutineApp = Callable[[dict, Callable[..., Any], "Stream"], Coroutine[Any, Any, None]]
 
 #: Bytes asked for by a bare C{read()}.
 READ_SIZE = 64 * 1024
@@ -169,9 +169,19 @@ def coroutine_app(function: CoroutineApp) -> Callable[[dict, Callable[..., Any]]
                     pass
 
         def failed(reason: Failure) -> None:
-            if reason.check(CancelledError, ClientDisconnected) and controller.closed:
+            if reason.check(CancelledError, ClientDisconnected, BodyTruncated):
+                # The client went away (or its body was refused): the
+                # coroutine was told so, and nobody is left to answer.  A
+                # read learns of it before the exchange ends, so look again
+                # once the departure has been dealt with.
+                if not controller.closed:
+                    environ["awsgi.reactor"].callLater(0, fail_unless_closed, reason)
                 return
             controller.fail(reason)
+
+        def fail_unless_closed(reason: Failure) -> None:
+            if not controller.closed:
+                controller.fail(reason)
 
         if isInIOThread():
             run()

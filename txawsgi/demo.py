@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 from urllib.parse import parse_qs
 
 from twisted.internet.task import LoopingCall
+from twisted.python.threadable import isInIOThread
 
 #: The largest chat message body and upload accepted, in bytes.
 MAX_MESSAGE = 4096
@@ -43,10 +44,10 @@ _PAGE = """<!DOCTYPE html>
 <style>
 body {{ font: 16px/1.4 system-ui, sans-serif; max-width: 40em; margin: 2em auto; }}
 #clock {{ font-size: 2em; font-variant-numeric: tabular-nums; margin: .2em 0; }}
-#log {{ border: 1px solid #ccc; height: 12em; overflow-y: auto; padding: .5em; }}
+#log {{ border: 1px solid #ccc; height: 9em; overflow-y: auto; padding: .5em; }}
 #log p {{ margin: .2em 0; }}
 .name {{ font-weight: bold; }}
-progress {{ width: 20em; }}
+progress {{ width: 14em; vertical-align: middle; }}
 </style></head>
 <body>
 <h1>txawsgi</h1>
@@ -205,6 +206,17 @@ class Room:
             controller.put(_event("progress", data))
 
 
+def _in_reactor(environ: dict, f: Callable[..., Any], *args: Any) -> None:
+    """
+    Run C{f} in the reactor thread: the room and its clock live there, and
+    with C{--threads} the application is called in a worker.
+    """
+    if isInIOThread():
+        f(*args)
+    else:
+        environ["awsgi.reactor"].callFromThread(f, *args)
+
+
 def _read_body(controller: Any, limit: int, done: Callable[[Optional[bytes]], Any]) -> None:
     """
     Collect a small request body with C{on_get}: C{done(body)}, or
@@ -355,7 +367,7 @@ def make_demo_app(clock: Any = None) -> Callable[[dict, Callable[..., Any]], Ite
         if path == "/events" and method == "GET":
             controller = environ["awsgi.controller"](environ)
             start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
-            room(environ).join(controller, _query(environ).get("client"))
+            _in_reactor(environ, room(environ).join, controller, _query(environ).get("client"))
             return controller
         if path == "/send" and method == "POST":
             return _send(environ, start_response, room(environ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 #: Headers CGI passes without the C{HTTP_} prefix, and never with it.
 _UNPREFIXED = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
@@ -87,7 +87,7 @@ def _address(address: object) -> tuple[str, str]:
 
 
 def build_environ(
-    request: IRequest,
+    request: Request,
     *,
     input: Any,
     errors: Any,

@@ -6,12 +6,13 @@ its body to the engine and the response.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Optional, Sequence, cast
 
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from txawsgi.controller import Controller, Hooks
 from txawsgi.engine import Engine, Run
@@ -96,9 +97,11 @@ class Exchange:
     )
 
     def __init__(self, container: Container, request: IRequest) -> None:
+        # IRequest is all Resource.render promises; the exchange serves the
+        # twisted.web.server.Request (or AWSGIRequest) it really is.
         self._container = container
-        self._request = request
-        self._response = Response(request, container.log)
+        self._request = cast(Request, request)
+        self._response = Response(self._request, container.log)
         self._engine = Engine(
             container.reactor,
             container.cooperator,
@@ -109,14 +112,14 @@ class Exchange:
         self._controller: Optional[Controller] = None
         self._factory = self.controller
         self._environ: dict[str, Any] = {}
-        self._body: IRequestBody = BufferedBody(container.reactor, request.content)
+        self._body: IRequestBody = BufferedBody(container.reactor, cast("IO[bytes]", self._request.content))
         self._shutting_down = False
         self._flag: Optional[TimeoutFlag] = None
         self._fdevents: Optional[FdEvents] = None
         self._suspender: Optional[Suspender] = None
 
     @property
-    def request(self) -> IRequest:
+    def request(self) -> Request:
         """
         The Twisted request this exchange answers.
         """
@@ -131,7 +134,7 @@ class Exchange:
         @return: why the body is refused outright, if it is.
         """
         container = self._container
-        request = self._request
+        request: Any = self._request  # an AWSGIRequest if dispatched_at_headers
         max_body = container.max_body
         if max_body is not None:
             declared = request.requestHeaders.getRawHeaders(b"content-length")
@@ -148,7 +151,7 @@ class Exchange:
         self._body = request.body_sink = body
         return None
 
-    def _too_large(self, reason: BodyTooLarge) -> None:
+    def _too_large(self, reason: BaseException) -> None:
         """
         The body passed the limit while arriving: answer 413 (or abort, if
         the response has started).

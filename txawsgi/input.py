@@ -196,8 +196,9 @@ class StreamingBody:
             return
         self.received += len(data)
         if self._max_body is not None and self.received > self._max_body:
-            self._truncate(BodyTooLarge(f"request body over the limit of {self._max_body} bytes"))
-            self._overflow(self._reason)
+            reason = BodyTooLarge(f"request body over the limit of {self._max_body} bytes")
+            self._truncate(reason)
+            self._overflow(reason)
             return
         with self._lock:
             self._buffer += data
@@ -294,6 +295,7 @@ class StreamingBody:
         state = self._machine.state
         if state is Body.TRUNCATED:
             self._pending = None
+            assert self._reason is not None  # set with the TRUNCATED state
             errback(self._reason)
             return
         data = self.take(length)

@@ -4,7 +4,12 @@ The public contracts of txawsgi, as C{zope.interface} interfaces.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IController(Interface):
@@ -45,7 +50,11 @@ class IController(Interface):
         @raise AlreadyFinished: if called twice.
         """
 
-    def on_get(length: int, callback, errback=None) -> None:
+    def on_get(
+        length: int,
+        callback: Callable[[bytes], Any],
+        errback: Optional[Callable[[BaseException], Any]] = None,
+    ) -> None:
         """
         Ask for request body: one-shot C{callback(data)} with 1 to C{length}
         bytes once some are available, or C{b''} at the end of the body.
@@ -56,19 +65,19 @@ class IController(Interface):
         @raise InputReplaced: if middleware replaced C{wsgi.input}.
         """
 
-    def fail(reason=None) -> None:
+    def fail(reason: Optional[Any] = None) -> None:
         """
         End the exchange with an error met asynchronously (in a callback):
         a 500 if nothing was sent yet, else a cut connection.
         """
 
-    def on_drain(callback) -> None:
+    def on_drain(callback: Callable[[], Any]) -> None:
         """
         One-shot: C{callback()} once L{writable} is true again (at once, from
         the reactor, if it already is).
         """
 
-    def on_close(callback) -> None:
+    def on_close(callback: Callable[[Optional[BaseException]], Any]) -> None:
         """
         C{callback(reason)} once, when the exchange ends: C{reason} is
         C{None} when the response was delivered, or a L{ClientDisconnected}
@@ -81,7 +90,7 @@ class IController(Interface):
         "L{on_shutdown})."
     )
 
-    def on_shutdown(callback) -> None:
+    def on_shutdown(callback: Callable[[], Any]) -> None:
         """
         One-shot: C{callback()} when the server begins a graceful shutdown
         (SIGTERM or SIGINT under C{twistd}/C{twist}, or
@@ -101,11 +110,17 @@ class IRequestBody(Interface):
 
     file = Attribute("The file-like object installed as C{wsgi.input}.")
 
-    def request(length: int, callback, errback) -> None:
+    def request(length: int, callback: Callable[[bytes], Any], errback: Callable[[BaseException], Any]) -> None:
         """
         One-shot: call C{callback(data)} from the reactor with 1 to C{length}
         bytes when available, C{b''} at the end; C{errback(exc)} if the body
         was truncated.
+        """
+
+    def ready() -> Optional[Deferred[None]]:
+        """
+        L{None} if the application can be called now; else a L{Deferred}
+        that fires once it can (the body is in), or fails if it never will.
         """
 
     def close() -> None:
@@ -140,7 +155,7 @@ class IDrainable(Interface):
     Something serving requests that can wind down gracefully.
     """
 
-    def shutdown():
+    def shutdown() -> Deferred[None]:
         """
         Begin a graceful shutdown: tell every in-flight application (their
         controllers' C{on_shutdown} callbacks; requests that start later are
@@ -158,7 +173,7 @@ class IExchangeObserver(Interface):
     shutdown, request timeouts); an observer must not raise.
     """
 
-    def exchange_started(exchange) -> None:
+    def exchange_started(exchange: Any) -> None:
         """
         C{exchange} (a L{txawsgi.exchange.Exchange}) is about to call the
         application.  C{exchange.request} is its Twisted request;
@@ -166,7 +181,7 @@ class IExchangeObserver(Interface):
         a 500 otherwise, or a cut response if it had started).
         """
 
-    def exchange_ended(exchange) -> None:
+    def exchange_ended(exchange: Any) -> None:
         """
         C{exchange} reached its end (delivered, failed or aborted).  Called
         exactly once for every exchange that was started.

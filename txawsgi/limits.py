@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 __all__ = [
     "ChunkedDecoder",
@@ -54,6 +54,7 @@ __all__ = [
     "Limits",
     "MalformedChunk",
     "Refused",
+    "guard_proxy_protocol",
     "non_negative",
     "refusal",
 ]
@@ -238,6 +239,13 @@ class Head:
         self._lengths = 0
         self._codings: list[bytes] = []
 
+    @property
+    def size(self) -> int:
+        """
+        Bytes of the head so far, line ends included.
+        """
+        return self._fields.size
+
     def request_line(self, line: bytes) -> bytes:
         """
         Check the request line; return it, rewritten to origin-form if need
@@ -345,6 +353,10 @@ class Head:
             raise _bad("Transfer-Encoding without chunked as the final coding (RFC 9112 section 6.3)")
 
 
+def _chunk_line_too_long() -> Refused:
+    return _bad("chunk size line too long")
+
+
 class MalformedChunk(Exception):
     """
     A chunked request body broke the RFC 9112 section 7.1 grammar, or a
@@ -379,7 +391,7 @@ class ChunkedDecoder:
         self._trailers: Optional[_Fields] = None
         self._scanned = 0
 
-    def _line(self, limit: int, what: str) -> Optional[bytes]:
+    def _line(self, limit: int, too_long: Callable[[], Refused]) -> Optional[bytes]:
         """
         The next CRLF-terminated line (removed from the buffer), or L{None}
         if it is not complete yet.
@@ -388,11 +400,11 @@ class ChunkedDecoder:
         end = buffer.find(b"\r\n", self._scanned)
         if end == -1:
             if len(buffer) > limit + 1:
-                raise MalformedChunk(_bad(f"{what} line too long"))
+                raise MalformedChunk(too_long())
             self._scanned = max(len(buffer) - 1, 0)
             return None
         if end > limit:
-            raise MalformedChunk(_bad(f"{what} line too long"))
+            raise MalformedChunk(too_long())
         line = bytes(buffer[:end])
         del buffer[: end + 2]
         self._scanned = 0
@@ -421,7 +433,7 @@ class ChunkedDecoder:
                 del buffer[:2]
                 self._state = "size"
             elif state == "size":
-                line = self._line(MAX_CHUNK_LINE, "chunk size")
+                line = self._line(MAX_CHUNK_LINE, _chunk_line_too_long)
                 if line is None:
                     return
                 match = _CHUNK_LINE.match(line)
@@ -440,7 +452,8 @@ class ChunkedDecoder:
             elif state == "trailer":
                 trailers = self._trailers
                 assert trailers is not None
-                line = self._line(self._limits.field_size or self._limits.head, "trailer")
+                limit = self._limits.field_size or self._limits.head
+                line = self._line(limit, lambda: _too_large(f"a trailer field over the limit of {limit} bytes"))
                 if line is None:
                     return
                 if line:
@@ -472,3 +485,65 @@ def non_negative(value: str) -> int:
     if number < 0:
         raise ValueError(f"must be >= 0, not {value!r}")
     return number
+
+
+def guard_proxy_protocol() -> None:
+    """
+    Fix two flaws of Twisted's PROXY protocol support (the C{haproxy:}
+    endpoint), in place; idempotent:
+
+     - its v1 parser calls C{int()} on the ports unguarded, so C{PROXY TCP4
+       1.2.3.4 5.6.7.8 65iii 80} logs an unhandled C{ValueError} per
+       connection: the guarded parser refuses it (and addresses that are not
+       IP addresses, ports outside 0-65535, which Twisted passes on as the
+       client's address);
+     - its wrapper decides whether a connection speaks PROXY v1 or v2 from
+       the first read alone, and drops one whose first read is shorter than
+       8 (v1) or 16 (v2) bytes: the guarded wrapper waits for them.
+    """
+    try:
+        from twisted.protocols.haproxy import _v1parser, _v2parser, _wrapper
+        from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+    except ImportError:  # pragma: no cover - a Twisted without it
+        return
+    import ipaddress
+
+    parser = _v1parser.V1Parser
+    original = parser.__dict__.get("parse")
+    if isinstance(original, classmethod) and not getattr(original.__func__, "txawsgi_guarded", False):
+        parse_line = original.__func__
+
+        def parse(cls: Any, line: bytes) -> Any:
+            try:
+                info = parse_line(cls, line)
+                for address in (info.source, info.destination):
+                    if address is not None:
+                        ipaddress.ip_address(address.host)
+                        if not 0 <= address.port <= 65535:
+                            raise ValueError(f"port {address.port} out of range")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InvalidProxyHeader() from e
+            return info
+
+        parse.txawsgi_guarded = True  # type: ignore[attr-defined]
+        parser.parse = classmethod(parse)  # type: ignore[method-assign, assignment]
+
+    wrapper = _wrapper.HAProxyProtocolWrapper
+    received = wrapper.dataReceived
+    if getattr(received, "txawsgi_guarded", False):
+        return
+    v2 = _v2parser.V2Parser.PREFIX
+    v1 = _v1parser.V1Parser.PROXYSTR
+
+    def dataReceived(self: Any, data: bytes) -> None:
+        if self._proxyInfo is None and self._parser is None:
+            data = self.__dict__.pop("_txawsgi_pending", b"") + data
+            size = len(data)
+            undecided = (size < 16 and data[:12] == v2[:size]) or (size < 8 and data[:5] == v1[:size])
+            if undecided:
+                self._txawsgi_pending = data
+                return
+        received(self, data)
+
+    dataReceived.txawsgi_guarded = True  # type: ignore[attr-defined]
+    wrapper.dataReceived = dataReceived  # type: ignore[method-assign]

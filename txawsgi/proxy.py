@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 __all__ = [
     "DEFAULT_TRUSTED",
@@ -213,7 +213,7 @@ class Forwarded:
     host: Optional[str] = None
 
 
-def _values(request: IRequest, name: bytes) -> list[str]:
+def _values(request: Request, name: bytes) -> list[str]:
     """
     The comma-separated items of every C{name} header, in order.
     """
@@ -249,7 +249,7 @@ def _host(value: Optional[str]) -> Optional[str]:
     return value if _HOST.match(value) else None
 
 
-def read_forwarded(request: IRequest, trusted: TrustedProxies) -> Forwarded:
+def read_forwarded(request: Request, trusted: TrustedProxies) -> Forwarded:
     """
     What the proxy headers of C{request} say, assuming its peer is trusted.
     A malformed C{Forwarded} header is ignored as a whole.
@@ -283,7 +283,7 @@ class ProxyHeaders:
     def __init__(self, trusted: TrustedProxies) -> None:
         self.trusted = trusted
 
-    def apply(self, request: IRequest) -> bool:
+    def apply(self, request: Request) -> bool:
         """
         If C{request}'s peer is trusted, make its client address, scheme and
         host the ones its proxy headers give.

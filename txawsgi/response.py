@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from txawsgi.errors import (
     BodyTooLarge,
@@ -218,7 +218,7 @@ class Response:
         "overflowed",
     )
 
-    def __init__(self, request: IRequest, log: Logger) -> None:
+    def __init__(self, request: Request, log: Logger) -> None:
         self._request = request
         self._log = log
         self._machine = Machine(Phase.PENDING, _EDGES)
@@ -431,7 +431,7 @@ class Response:
             self._machine.to(Phase.ABORTED)
 
 
-def abort_connection(request: IRequest) -> None:
+def abort_connection(request: Request) -> None:
     """
     Drop the request's connection without a clean end of response.
     """

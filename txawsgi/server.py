@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
@@ -63,6 +65,7 @@ class ServerChannel(AWSGIChannel):
     @ivar served: how many request heads it has received.
     """
 
+    site: "ServerSite"
     served = 0
     _closing = False
     _head_timer: Optional[IDelayedCall] = None
@@ -125,7 +128,7 @@ class ServerChannel(AWSGIChannel):
         if timer is not None and timer.active():
             timer.cancel()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_head_timer()
         super().connectionLost(reason)
 
@@ -221,7 +224,7 @@ class ServerSite(AWSGISite):
             request.prepath = list(root)
         return super().getResourceFor(request)
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         """
         Called by Twisted when a response finishes.
         """
@@ -230,7 +233,7 @@ class ServerSite(AWSGISite):
         else:
             self.request_ended(request, aborted=False)
 
-    def request_ended(self, request: IRequest, *, aborted: bool) -> None:
+    def request_ended(self, request: http.Request, *, aborted: bool) -> None:
         """
         Log C{request} once, if it was routed: its response finished, or
         (C{aborted}) its connection was lost first.

@@ -315,7 +315,7 @@ class ServingService(MultiService):
         d.addErrback(self._log_failure)
         for service in others:
             d.addCallback(
-                lambda _, s=service: maybeDeferred(s.stopService).addErrback(self._log_failure)
+                lambda _, s: maybeDeferred(s.stopService).addErrback(self._log_failure), service
             )
         d.addCallback(lambda _: None)
         return d

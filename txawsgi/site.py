@@ -14,8 +14,10 @@ Twisted's HTTP/2 code does not expose the request head before the body.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -24,12 +26,24 @@ from zope.interface import implementer
 
 from txawsgi.input import Body, IBodyFlow, IBodySink
 from txawsgi.interfaces import IAWSGIResource
-from txawsgi.limits import DEFAULT_LIMITS, ChunkedDecoder, Head, Limits, MalformedChunk, Refused, refusal
+from txawsgi.limits import (
+    DEFAULT_LIMITS,
+    ChunkedDecoder,
+    Head,
+    Limits,
+    MalformedChunk,
+    Refused,
+    guard_proxy_protocol,
+    refusal,
+)
+
+# For sites behind haproxy: endpoints (see guard_proxy_protocol).
+guard_proxy_protocol()
 
 try:
     from twisted.web.http import _GenericHTTPChannelProtocol
 except ImportError:  # pragma: no cover - a Twisted that moved it
-    _GenericHTTPChannelProtocol = None
+    _GenericHTTPChannelProtocol = None  # type: ignore[misc,assignment]
 
 #: How long a connection whose response ended before its request body did
 #: keeps reading (and discarding) so the client sees the response, not a
@@ -37,6 +51,7 @@ except ImportError:  # pragma: no cover - a Twisted that moved it
 LINGER = 2.0
 
 
+@implementer(IPushProducer)
 class _Valve:
     """
     The transport's reading, paused while anyone wants it paused: the channel
@@ -86,6 +101,7 @@ class AWSGIRequest(server.Request):
 
     _log = Logger()
 
+    channel: "AWSGIChannel"
     dispatched_at_headers = False
     body_sink: Optional[IBodySink] = None
     _body_complete = False
@@ -139,7 +155,7 @@ class AWSGIRequest(server.Request):
 
     def connectionLost(self, reason: Failure) -> None:
         if self.dispatched_at_headers and not self._body_complete and self.body_sink is not None:
-            self.body_sink.lose(reason.value)
+            self.body_sink.lose(cast(BaseException, reason.value))
         super().connectionLost(reason)
 
     def write(self, data: bytes) -> None:
@@ -202,6 +218,10 @@ class AWSGIChannel(http.HTTPChannel):
     parser refuses) with a precise status, then closes.
     """
 
+    #: Set by the site that built the channel.
+    site: server.Site
+    #: A TCP, TLS or UNIX transport (abortConnection, loseWriteConnection).
+    transport: Any
     valve: _Valve
     limits: Limits = DEFAULT_LIMITS
     _lingering = False
@@ -224,6 +244,20 @@ class AWSGIChannel(http.HTTPChannel):
         self.valve = self._networkProducer = _Valve(self._networkProducer)
 
     # -- request-head hardening (txawsgi.limits) -------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # A line still without its end may already be over its limit.
+        if self._refused or not self.line_mode or self.paused:
+            return
+        partial = len(self._buffer)
+        limits = self.limits
+        head = self._head
+        if head is None:
+            if limits.request_line and partial > limits.request_line + 1 and self.persistent:
+                self.refuse(Refused(414, b"URI Too Long", f"request line over the limit of {limits.request_line} bytes"))
+        elif (limits.field_size and partial > limits.field_size - 1) or head.size + partial > limits.head:
+            self.refuse(Refused(431, b"Request Header Fields Too Large", "a header field or the head over its limit"))
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -381,7 +415,7 @@ class AWSGIChannel(http.HTTPChannel):
         if self.transport is not None and self.transport.connected:
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         call, self._linger_call = self._linger_call, None
         if call is not None and call.active():
             call.cancel()

@@ -226,6 +226,14 @@ class Options(usage.Options):
             "Threadpool mode always streams.",
         ],
         [
+            "greenlets",
+            None,
+            "Run each request in a greenlet of its own on the reactor thread: "
+            "a blocking wsgi.input read or write() suspends only that "
+            "request (bodies stream).  Needs pip install txawsgi[greenlet]; "
+            "not with --threads.",
+        ],
+        [
             "proxy-headers",
             None,
             "Behind a reverse proxy: for requests from --forwarded-allow-ips, "
@@ -291,6 +299,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--threads must be >= 0, not {self['threads']}"
             )
+        if self["greenlets"]:
+            if self["threads"] > 0:
+                raise usage.UsageError("--greenlets and --threads are two ways to run the application: choose one")
+            try:
+                import greenlet  # noqa: F401
+            except ImportError:
+                raise usage.UsageError("--greenlets needs the greenlet package: pip install txawsgi[greenlet]") from None
         try:
             self["workers"] = parse_workers(str(self["workers"]))
         except ValueError as e:
@@ -546,6 +561,7 @@ def make_server_service(
             app,
             threadpool=pool,
             stream_input=bool(options["stream-input"]),
+            greenlets=bool(options["greenlets"]),
             max_body=options["max-body"],
             observers=observers,
             multiprocess=multiprocess,

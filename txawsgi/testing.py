@@ -62,12 +62,13 @@ from __future__ import annotations
 import itertools
 import json
 from enum import Enum, auto
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import threadable
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.web.http_headers import Headers
@@ -221,7 +222,8 @@ class _ClientProtocol(Protocol):
                 pass
         except ProtocolError:
             self._response._failed(Failure())
-            self.transport.loseConnection()
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     def _step(self) -> bool:
         """
@@ -339,7 +341,8 @@ class AppResponse:
         self.method = method
         self.path = path
         self._chunked = chunked
-        self._body_open = False
+        self._streamed = False
+        self._body_finished = False
         self.status: Optional[int] = None
         self.phrase: Optional[bytes] = None
         self.headers: Optional[Headers] = None
@@ -421,9 +424,10 @@ class AppResponse:
     def send_body_piece(self, data: bytes) -> None:
         """
         Send more of the request body (made with C{stream=True}; as one
-        chunk if it is chunked), then pump.
+        chunk if it is chunked), then pump.  Once the connection is closed
+        the bytes go nowhere.
         """
-        if not self._body_open:
+        if not self._streamed or self._body_finished:
             raise ValueError("no request body is open: make the request with stream=True, and before finish_body()")
         if data:
             self._write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
@@ -431,11 +435,12 @@ class AppResponse:
 
     def finish_body(self) -> None:
         """
-        End the request body (made with C{stream=True}), then pump.
+        End the request body (made with C{stream=True}): the last chunk of
+        a chunked body; nothing to send for a declared length.  Then pump.
         """
-        if not self._body_open:
+        if not self._streamed or self._body_finished:
             raise ValueError("no request body is open: make the request with stream=True, and before finish_body()")
-        self._body_open = False
+        self._body_finished = True
         if self._chunked:
             self._write(b"0\r\n\r\n")
         self._client.pump()
@@ -448,7 +453,6 @@ class AppResponse:
         """
         if self._connection is not None:
             self._connection.client_transport.loseConnection()
-        self._body_open = False
         self._client.pump()
 
     # -- from the client protocol ------------------------------------------
@@ -473,7 +477,6 @@ class AppResponse:
 
     def _connection_lost(self, reason: Failure) -> None:
         self.connected = False
-        self._body_open = False
         self._failed(reason)
 
 
@@ -492,6 +495,10 @@ class AppClient:
     """
     Serve an application in memory and send it requests, one connection per
     request.  See the module docstring.
+
+    The thread that makes the first L{AppClient} is registered as the
+    reactor thread (L{threadable.registerAsIOThread}) unless one already
+    is, as a real reactor does when it starts.
 
     @param app: a WSGI application (served by an L{AWSGIResource} built
         here with C{resource_options}) or any L{IResource}, e.g. an
@@ -537,7 +544,12 @@ class AppClient:
         if not hasattr(reactor, "callFromThread"):
             raise ValueError("the reactor needs callFromThread: use txawsgi.testing.MemoryReactor")
         if resource is None:
-            resource = AWSGIResource(reactor, app, **resource_options)
+            resource = AWSGIResource(reactor, cast(WSGIApplication, app), **resource_options)
+        if threadable.ioThread is None:
+            # What a real reactor does as it starts: txawsgi tells the
+            # reactor's thread (where waits switch greenlets, and calls need
+            # no hop) from the others by it.
+            threadable.registerAsIOThread()
         self.reactor: Any = reactor
         self.resource = resource
         self.site = site if site is not None else AWSGISite(resource, reactor=reactor)
@@ -600,7 +612,7 @@ class AppClient:
         self._connect(response)
         response._write(b"\r\n".join(head) + b"\r\n\r\n")
         if stream:
-            response._body_open = True
+            response._streamed = True
             if body:
                 response._write(b"%x\r\n%s\r\n" % (len(body), body) if chunked else body)
         elif body:

@@ -148,7 +148,7 @@ class _SpawningWithSockets:
         self._reactor = reactor
         self._supervisor = supervisor
 
-    def spawnProcess(
+    def spawnProcess(  # type: ignore[override]
         self,
         processProtocol: ProcessProtocol,
         executable: str,
@@ -173,7 +173,7 @@ class _SpawningWithSockets:
             childFDs=self._supervisor.child_fds(),
         )
 
-    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:  # type: ignore[override]
         return self._reactor.callLater(delay, f, *args, **kw)
 
     def seconds(self) -> float:
@@ -213,7 +213,7 @@ class Supervisor(Service):
         self.access_log = access_log
         self.sockets: list[HeldSocket] = []
         self.monitor = ProcessMonitor(reactor=_SpawningWithSockets(reactor, self))
-        self.monitor.killTime = grace + KILL_MARGIN
+        self.monitor.killTime = grace + KILL_MARGIN  # type: ignore[assignment]  # seconds, a float is fine
         self.workers: dict[str, _Watched] = {}
         self._exited: list[Deferred[None]] = []
 
