@@ -19,7 +19,6 @@ with L{ast}, without importing gunicorn.
 from __future__ import annotations
 
 import ast
-import io
 import os
 import socket
 import subprocess

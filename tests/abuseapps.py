@@ -123,8 +123,22 @@ def _blocks(total: int, size: int = 65536) -> Iterator[bytes]:
         yield piece
 
 
+def _trim() -> None:
+    """
+    Hand freed heap memory back to the OS (glibc), so RSS tracks what is
+    live rather than what the allocator keeps for later.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _live_objects() -> Dict[str, int]:
     gc.collect()
+    _trim()
     wanted = {
         "Exchange",
         "Engine",
@@ -215,7 +229,9 @@ def stress(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[b
     put through the controller at the client's pace); C{/upload} (reads the
     body with C{on_get}, answers its size); C{/poll} (a long-poll answered by
     C{/release} or the shutdown); C{/slow?S} (answers after S seconds);
-    C{/stats}, C{/gc} (JSON reports, not counted).
+    C{/stats}, C{/gc} (JSON reports, not counted; C{/gc} collects garbage
+    and trims the heap first).  The C{X-Request-Id} of every counted call is
+    appended to the calls file (C{TXAWSGI_TEST_CALLS}), when there is one.
     """
     path = environ["PATH_INFO"]
     query = environ["QUERY_STRING"]
@@ -234,6 +250,9 @@ def stress(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[b
                 released += 1
         return _text(start_response, b"%d" % released)
     stats["calls"] += 1
+    request_id = environ.get("HTTP_X_REQUEST_ID")
+    if request_id and _calls is not None:
+        _calls.write(request_id + "\n")
     if path == "/big":
         total = int(query or "1048576")
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(total))])

@@ -591,7 +591,10 @@ class ThreadSafetyTests(ServerMixin, TestCase):
         self.assertFalse(results[0])
         self.assertEqual(response.body, b"".join(b"%04d," % i for i in range(200)))
         yield eventually(lambda: ex.closes == [None])
-        self.assertEqual(drained, [True])
+        # Due while the exchange was open, the drain callback runs (in the
+        # reactor thread) unless the exchange ended first: no callback runs
+        # after on_close.
+        self.assertIn(drained, ([True], []))
 
     @inlineCallbacks
     def test_threadPutsCountAtOnce(self) -> Any:

@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
 
 from txawsgi import AWSGIResource
 from txawsgi.errors import BodyTruncated
@@ -28,7 +27,7 @@ from txawsgi.server import ServerSite
 from txawsgi.timeouts import Timeouts
 
 from ._production import parse, serve
-from .support import ClosedBeforeMatch, ParsedResponse, RawClient, WaitTimeout, eventually, listen, parse_response, sleep
+from .support import ClosedBeforeMatch, ParsedResponse, RawClient, eventually, listen, parse_response
 
 HOST = b"Host: example.com\r\n"
 

@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.threadpool import ThreadPool
@@ -31,7 +30,6 @@ from txawsgi.errors import (
     InvalidBody,
     InvalidHeader,
     InvalidStatus,
-    RequestTimedOut,
     StartResponseError,
     WrongEnviron,
 )

@@ -236,7 +236,13 @@ class Controller:
         if self._drain and self.writable:
             callbacks, self._drain = self._drain, []
             for callback in callbacks:
-                self._soon(callback)
+                self._soon(self._drained, callback)
+
+    def _drained(self, callback: Callable[[], Any]) -> None:
+        # Scheduled while writable; the exchange may have ended since (the
+        # client left): no callback runs after on_close.
+        if self._output.state is not Output.CLOSED:
+            callback()
 
     def fail(self, reason: Optional[Any] = None) -> None:
         """

@@ -8,7 +8,7 @@ with L{ChunkedDecoder} instead of Twisted's; a request either passes or is
 refused with a precise status and reason (logged, and answered with
 C{Connection: close}).  What this adds to Twisted 26.10's parser:
 
-Request line
+  - Request line:
     C{METHOD SP TARGET SP VERSION}, the method an upper-case token; the
     target printable ASCII only (Twisted compares bytes with C{176}, meaning
     octal C{0176}, so it lets DEL and C{0x80}-C{0xB0} through); origin-form,
@@ -16,7 +16,7 @@ Request line
     RFC 9112 section 3.2.2) or C{OPTIONS *}; a fragment is dropped; a
     well-formed version other than 1.0 and 1.1 is C{505}.  Over the limit:
     C{414} (Twisted closes lines over 16 KiB without a word).
-Header fields
+  - Header fields:
     Obsolete line folding is refused (Twisted unfolds it); control
     characters other than HTAB are refused in values (Twisted only refuses
     NUL, CR and LF); C{Content_Length} and C{Transfer_Encoding} (aliases of
@@ -25,13 +25,13 @@ Header fields
     must be at most 18 digits (Twisted calls C{int()} on any run of digits,
     and 5000 of them raise C{ValueError} out of C{dataReceived}).  Field
     size, field count and the whole head: C{431}.
-Framing
+  - Framing:
     C{Transfer-Encoding} may only be C{chunked}, once and last (an obsolete
     C{identity} before it is ignored), on HTTP/1.1, never together with
     C{Content-Length} (Twisted accepts C{identity} with C{Content-Length},
     C{chunked} followed by C{identity}, and C{chunked} on HTTP/1.0); other
     codings are C{501}.
-Chunked bodies
+  - Chunked bodies:
     L{ChunkedDecoder}: chunk sizes of at most 16 significant hex digits,
     chunk extensions checked against the RFC 9112 section 7.1.1 grammar,
     trailer fields checked like header fields and bounded by the same

@@ -420,6 +420,13 @@ class AWSGIChannel(http.HTTPChannel):
         if call is not None and call.active():
             call.cancel()
         super().connectionLost(reason)
+        # Hold nothing of the requests (Twisted leaves them listed, and a
+        # body cut short its decoder, whose callback is the request, whose
+        # sink is the exchange): a channel kept after its connection (by a
+        # tracker, a log) must not keep their applications' objects alive.
+        self.requests = []
+        self._transferDecoder = None
+        self._lingering_request = None
 
 
 def _channel_protocol(factory: http.HTTPFactory) -> Any:

@@ -3,15 +3,15 @@ How long the server waits, and for what.
 
 Three limits, each about one way a connection can hold resources:
 
-C{keep_alive}
+  - C{keep_alive}:
     A connection with no request in progress (between requests, or before
     the first) and nothing received for this long is closed.  Also the idle
     limit of HTTP/2 connections without open streams.
-C{header}
+  - C{header}:
     A request head (request line and headers) must be complete this long
     after its first byte, or the client gets C{408} and the connection is
     closed: a client trickling bytes (slowloris) cannot hold it forever.
-C{request}
+  - C{request}:
     Optional: an application that has not finished its response this long
     after it was called is cut off (C{503} if nothing was sent yet, else the
     connection is closed).  Off by default: long-polls and streams are
