@@ -65,13 +65,18 @@ class _Hostile(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     async def serve(
-        self, limits: Optional[Limits] = None, app: Any = None, header_timeout: Optional[float] = 5, **kw: Any
+        self,
+        limits: Optional[Limits] = None,
+        app: Any = None,
+        header_timeout: Optional[float] = 5,
+        sndbuf: Optional[int] = None,
+        **kw: Any,
     ) -> Any:
         self.app = app if app is not None else Recorder()
         site = ServerSite(AWSGIResource(reactor, self.app, **kw), reactor=reactor, timeouts=Timeouts(header=header_timeout))
         if limits is not None:
             site.limits = limits
-        self.server = await listen(self, site)
+        self.server = await listen(self, site, sndbuf=sndbuf)
         return self.server
 
     async def send(self, data: bytes, *, responses: int = 1, timeout: float = 5) -> Tuple[RawClient, List[ParsedResponse]]:
@@ -474,6 +479,36 @@ class HeadTests(_Hostile):
             self.assertTrue(codes and codes[0] >= 400, (attack, codes))
         self.assertEqual([c["PATH_INFO"] for c in self.app.calls], [])
 
+    async def test_lingeringClose(self) -> None:
+        """
+        A client that goes on sending after a request that closes the
+        connection (pipelining after "Connection: close", or HTTP/1.0) still
+        gets the whole response: the server half-closes and drains what
+        comes, where closing with unread input would reset the connection
+        and destroy the part of the response still in its send buffer.
+        """
+        body = b"x" * (1 << 20)
+
+        def app(environ: Dict[str, Any], start_response: Any) -> List[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        await self.serve(app=app, sndbuf=16384)
+        for first in (get(b"/a", HOST + b"Connection: close\r\n"), get(b"/a", b"", b"HTTP/1.0")):
+            client = await RawClient.connect(self.server, rcvbuf=16384)
+            client.send(first)
+
+            def chatter() -> None:
+                if not client.closed:
+                    client.send(get(b"/more"))
+                    reactor.callLater(0.002, chatter)
+
+            chatter()
+            await client.wait_closed(timeout=20)
+            [response] = parse_response(client.received, eof=True)
+            self.assertEqual((response.code, len(response.body)), (200, len(body)))
+            self.assertEqual(client.closed_reason, "clean")
+
     async def test_healthyAfterRefusals(self) -> None:
         """
         A connection refused mid-pipeline answers what came before it, and
@@ -545,6 +580,8 @@ class LimitTests(_Hostile):
         await self.serve(Limits(request_line=0, fields=0, field_size=0, head=200000))
         await self.served(get(b"/" + b"a" * 100000))
         await self.served(get(headers=b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(1000))))
+        self.assertEqual(Limits(request_line=0, field_size=100, head=5000).line_buffer, 5000)
+        self.assertEqual(Limits(request_line=300, field_size=100, head=5000).line_buffer, 300)
         self.assertRaises(ValueError, Limits, head=0)
         self.assertRaises(ValueError, Limits, fields=-1)
 

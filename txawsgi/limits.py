@@ -66,9 +66,15 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?]*)(.*)\Z", re.S)
 _AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.vV]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 _HOST = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%:\[\]]*\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _LENGTH = re.compile(rb"[0-9]{1,18}\Z")
 _FRAMING = (b"content-length", b"transfer-encoding")
+# The common cases, matched in one go (anything else takes the slow path,
+# which finds the precise reason or the rewrite).
+_PLAIN_REQUEST_LINE = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]+ /[\x21-\x22\x24-\x7e]* HTTP/1\.[01]\Z")
+_TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CTLS = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+#: Field names L{Head.field_line} looks at more closely (lower case).
+_SPECIAL = frozenset((b"host", b"content-length", b"transfer-encoding"))
 
 # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] )
 _EXT_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -122,8 +128,9 @@ class Limits:
         """
         The most bytes a channel buffers looking for the end of one line.
         """
-        longest = max(self.request_line, self.field_size) or self.head
-        return min(longest, self.head)
+        if not (self.request_line and self.field_size):
+            return self.head
+        return min(max(self.request_line, self.field_size), self.head)
 
 
 DEFAULT_LIMITS = Limits()
@@ -199,25 +206,28 @@ class _Fields:
         @raise Refused: if it is too big or malformed.
         """
         limits = self.limits
-        self.size += len(line) + 2
+        size = len(line) + 2
+        self.size += size
         if self.size > limits.head:
             raise _too_large(f"request head over the limit of {limits.head} bytes")
-        if line[:1] in (b" ", b"\t"):
-            raise _bad(f"obsolete line folding in a {what} field (RFC 9112 section 5.2)", line)
-        if limits.field_size and len(line) + 2 > limits.field_size:
+        if limits.field_size and size > limits.field_size:
             raise _too_large(f"a {what} field over the limit of {limits.field_size} bytes", line[:40])
         self.count += 1
         if limits.fields and self.count > limits.fields:
             raise _too_large(f"more than {limits.fields} {what} fields")
         name, colon, value = line.partition(b":")
+        if colon and name and not name.translate(None, _TCHARS):
+            value = value.strip(b" \t")
+            if len(value.translate(None, _CTLS)) == len(value):
+                return name.lower(), value
+        # Refused: find the precise reason.
+        if line[:1] in (b" ", b"\t"):
+            raise _bad(f"obsolete line folding in a {what} field (RFC 9112 section 5.2)", line)
         if not colon:
             raise _bad(f"a {what} line without a colon", line)
         if not _TOKEN.match(name):
             raise _bad(f"invalid {what} field name", name)
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise _bad(f"a control character in a {what} field value", line)
-        return name.lower(), value
+        raise _bad(f"a control character in a {what} field value", line)
 
 
 class Head:
@@ -259,6 +269,9 @@ class Head:
         if (limits.request_line and len(line) > limits.request_line) or fields.size > limits.head:
             limit = min(limits.request_line or limits.head, limits.head)
             raise Refused(414, b"URI Too Long", f"request line over the limit of {limit} bytes")
+        if _PLAIN_REQUEST_LINE.match(line):
+            self.version = line[-8:]
+            return line
         parts = line.split(b" ")
         if len(parts) != 3:
             raise _bad("the request line is not METHOD SP TARGET SP VERSION", line)
@@ -302,6 +315,8 @@ class Head:
             ambiguously.
         """
         name, value = self._fields.check(line)
+        if name not in _SPECIAL and b"_" not in name:
+            return line
         if b"_" in name and name.replace(b"_", b"-") in _FRAMING:
             raise _bad("a header name that aliases Content-Length or Transfer-Encoding", name)
         if name == b"host":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, cast
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,9 +45,10 @@ try:
 except ImportError:  # pragma: no cover - a Twisted that moved it
     _GenericHTTPChannelProtocol = None  # type: ignore[misc,assignment]
 
-#: How long a connection whose response ended before its request body did
-#: keeps reading (and discarding) so the client sees the response, not a
-#: reset, before it is closed.
+#: How long a connection the server closes (after a response that ends it,
+#: one that ended before its request body did, a refusal, a timeout) keeps
+#: reading and discarding, so the client sees the response, not a reset,
+#: before it is closed.
 LINGER = 2.0
 
 
@@ -392,9 +393,18 @@ class AWSGIChannel(http.HTTPChannel):
         self._lingering_request = request
 
     def loseConnection(self) -> None:
+        # Every close the server starts on a socket lingers: a client still
+        # sending (a pipelined request after "Connection: close", the rest
+        # of a body, a refused head) would otherwise get a reset that
+        # destroys the response it has not read yet.  (Transports that
+        # cannot half-close linger only where a body is known to follow.)
         if self._lingering:
             return
-        if (self._lingering_request is None and not self._refused) or self.transport is None:
+        if self.transport is None or (
+            self._lingering_request is None
+            and not self._refused
+            and not IHalfCloseableDescriptor.providedBy(self.transport)
+        ):
             super().loseConnection()
             return
         self._lingering_request = None
