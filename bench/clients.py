@@ -22,14 +22,19 @@ import socket
 import statistics
 import sys
 import time
+from typing import Iterator
 
 HOST = "127.0.0.1"
 
 # -- /proc -------------------------------------------------------------------
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def proc_stats() -> "Iterator[tuple[int, list[bytes]]]":
+    """
+    Each live process's pid and the fields of its C{/proc/PID/stat} that
+    follow the command name (which may hold spaces and parentheses): state,
+    ppid, pgrp, ...
+    """
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -38,9 +43,13 @@ def _children_map() -> dict[int, list[int]]:
                 stat = f.read()
         except OSError:
             continue
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        yield int(entry), stat[stat.rfind(b")") + 2 :].split()
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 

@@ -54,6 +54,7 @@ from servers import (  # noqa: E402
     Context,
     Running,
     Server,
+    cpu_seconds,
     cpus,
     pinning,
     stop_all,
@@ -144,6 +145,8 @@ class Harness:
         self.wrk_path = wrk
         self.client_python = client_python
         self.notes: dict[tuple[str, str], list[str]] = {}
+        #: The last wrk run's result.
+        self.last_wrk: dict[str, Any] = {}
 
     def note(self, key: str, server: str, text: str) -> None:
         bucket = self.notes.setdefault((key, server), [])
@@ -189,7 +192,7 @@ class Harness:
     # -- scenarios ------------------------------------------------------------------
 
     def _hello_run(self, key: str, server: Server, h: Running, conns: int, close: bool, pinned: bool = True) -> float:
-        result = self.wrk(h.port, conns, self.cfg.duration, close=close, pinned=pinned)
+        result = self.last_wrk = self.wrk(h.port, conns, self.cfg.duration, close=close, pinned=pinned)
         if close and result["errors"] and result["errors"] == result["read_errors"] <= result["requests"]:
             # The server closed after each complete response without saying
             # "Connection: close"; wrk counts each of those closes as a read
@@ -210,8 +213,24 @@ class Harness:
         }
 
     def workers(self, server: Server, h: Running) -> dict[str, Any]:
+        """
+        hello, 50 keep-alive connections, to a server of several processes
+        that float over the cores, and so does wrk (it shares them).  Also
+        the CPU seconds each process of the server used per 10k requests:
+        the first process (the supervisor/arbiter), then the others.
+        """
         self.wrk(h.port, 50, self.cfg.warmup, pinned=False)
-        return {"workers_ka50": self._hello_run("workers_ka50", server, h, 50, False, pinned=False)}
+        before = cpu_seconds(h.pid)
+        rps = self._hello_run("workers_ka50", server, h, 50, False, pinned=False)
+        after = cpu_seconds(h.pid)
+        per10k = 1e4 / max(1, self.last_wrk["requests"])
+        used = {pid: (after[pid] - before.get(pid, 0.0)) * per10k for pid in after}
+        cpu = {
+            "requests": self.last_wrk["requests"],
+            "supervisor": used.pop(h.pid, None),
+            "workers": sorted(used.values(), reverse=True),
+        }
+        return {"workers_ka50": rps, "_workers": cpu}
 
     def stream(self, server: Server, h: Running) -> dict[str, Any]:
         cfg = self.cfg
@@ -419,6 +438,39 @@ def machine(ctx: Context, venv_python: Optional[str], wrk: Optional[str]) -> dic
     return info
 
 
+def describe_cpu(cpu: dict[str, Any]) -> str:
+    """
+    The CPU seconds per 10k requests of a multi-process server's processes.
+    """
+    first = cpu["supervisor"]
+    return "supervisor {}, workers {}".format(
+        "?" if first is None else f"{first:.2f}", " + ".join(f"{w:.2f}" for w in cpu["workers"]) or "?"
+    )
+
+
+def note_workers(summary: list[dict[str, Any]], detail: dict[str, list[dict[str, Any]]]) -> None:
+    """
+    On each workers_ka50 row: its ratio to the same server in one process
+    (hello_ka50 of this run), that wrk shared the cores, and the CPU split
+    of its median round.
+    """
+    hello = {row["server"]: row["median"] for row in summary if row["metric"] == "hello_ka50"}
+    for row in summary:
+        if row["metric"] != "workers_ka50":
+            continue
+        server = BY_NAME[row["server"]]
+        single = hello.get(server.single)
+        if row["median"] is not None and single:
+            row["notes"].append(
+                f"{row['median'] / single:.2f}x {server.single} in one process (pinned to a core of its own); "
+                f"here wrk shares the {cpus()} cores with the workers"
+            )
+        rounds = detail.get(server.name) or []
+        if rounds:
+            middle = sorted(rounds, key=lambda cpu: cpu["requests"])[len(rounds) // 2]
+            row["notes"].append("CPU seconds per 10k requests: " + describe_cpu(middle))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -549,6 +601,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for key, value in values.items():
             if key.startswith("_"):
                 extra.setdefault(key, {}).setdefault(server.name, []).append(value)
+                if key == "_workers":
+                    shown.append("cpu-s/10k req: " + describe_cpu(value))
                 continue
             raw.setdefault(key, {}).setdefault(server.name, []).append(value)
             shown.append(f"{key}={report.fmt(value)}")
@@ -580,6 +634,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "higher_is_better": metric.higher_is_better, "server": server.name, "median": med,
                 "ratio": ratio, "values": values, "notes": notes,
             })  # fmt: skip
+    note_workers(summary, extra.get("_workers", {}))
     for (scenario, name), rounds_failed in failed.items():
         for metric in metrics(cfg):
             if metric.scenario != scenario:
@@ -633,6 +688,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "summary": summary,
         "longpoll_detail": extra.get("_longpoll", {}),
         "slow_detail": extra.get("_slow", {}),
+        "workers_detail": extra.get("_workers", {}),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     shutil.copy(run_dir / "results.json", BENCH / "results" / "latest.json")

@@ -24,7 +24,7 @@ REPO = BENCH.parent
 APPS = BENCH / "apps"
 
 sys.path.insert(0, str(BENCH))
-from clients import Conn  # noqa: E402
+from clients import Conn, proc_stats  # noqa: E402
 
 #: twistd, run by the interpreter that runs this harness (it has Twisted).
 TWISTD = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
@@ -44,11 +44,14 @@ def cpus() -> int:
 
 def pinning(cpu: Optional[int]) -> Optional[Callable[[], None]]:
     """
-    A preexec_fn pinning the child to one core (what taskset -c does), or
-    None when the machine has a single core or no pinning is wanted.
+    A preexec_fn pinning the child to one core (what taskset -c does), or,
+    for C{cpu=None}, letting it run on every core (children inherit the
+    harness's own pinning to CLIENT_CPU); None on a single core.
     """
-    if cpu is None or cpus() < 2:
+    if cpus() < 2:
         return None
+    if cpu is None:
+        return lambda: os.sched_setaffinity(0, _CPUS)
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
@@ -79,6 +82,9 @@ class Server:
     #: Pinned to SERVER_CPU (single-process servers); workers float.
     pinned: bool = True
     notes: dict[str, str] = field(default_factory=dict)
+    #: For a multi-process server: the same server in one process, whose
+    #: hello_ka50 its workers_ka50 is compared with.
+    single: str = ""
 
     def command(self, ctx: Context, port: int, scenario: str) -> list[str]:
         return self.argv(ctx, port, scenario)
@@ -155,10 +161,11 @@ SERVERS = [
     ),
     Server(
         "txawsgi-w2", "txawsgi, --workers 2", "workers", "tx", _txawsgi(workers=2),
-        needs_flags=("workers",), pinned=False,
+        needs_flags=("workers",), pinned=False, single="txawsgi",
     ),
     Server(
         "gunicorn-w2", "gunicorn, sync worker, -w 2", "workers", "venv", _gunicorn(2), pinned=False,
+        single="gunicorn",
     ),
 ]
 
@@ -192,19 +199,20 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def _pgid_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            members.append(int(entry))
-    return members
+    return [pid for pid, fields in proc_stats() if int(fields[2]) == pgid and fields[0] != b"Z"]
+
+
+def cpu_seconds(pgid: int) -> dict[int, float]:
+    """
+    CPU seconds (user + system) used so far by each live process of group
+    C{pgid}, by pid.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        pid: (int(fields[11]) + int(fields[12])) / tick
+        for pid, fields in proc_stats()
+        if int(fields[2]) == pgid and fields[0] != b"Z"
+    }
 
 
 def _port_open(port: int) -> bool:

@@ -21,8 +21,8 @@ and try::
 
 C{/download} awaits C{stream.send()}, which waits while the client is slow
 to read: memory stays flat however slow it is.  C{/shout} reads the body as
-it arrives (serve with C{AWSGISite} and C{stream_input=True}, as L{main}
-does) and answers each piece at once.
+it arrives (serve with C{AWSGISite} and C{stream_input=True}, as the
+script does) and answers each piece at once.
 """
 
 from __future__ import annotations
@@ -88,33 +88,7 @@ async def shout(stream: Stream) -> int:
     return total
 
 
-def make_site(reactor: Any) -> Any:
-    """
-    The site serving L{application}, streaming request bodies.
-    """
-    from txawsgi import AWSGIResource
-    from txawsgi.site import AWSGISite
-
-    return AWSGISite(AWSGIResource(reactor, application, stream_input=True))
-
-
-def main(argv: list) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    port = int(argv[1]) if len(argv) > 1 else 8080
-
-    def listening(listening_port: Any) -> None:
-        print(f"coroutine_stream listening on http://127.0.0.1:{listening_port.getHost().port}/", flush=True)
-
-    def failed(reason: Any) -> None:
-        print(f"coroutine_stream: cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    endpoint = serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1")
-    endpoint.listen(make_site(reactor)).addCallbacks(listening, failed)
-    reactor.run()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from _serve import serve, site
+
+    serve(sys.argv, lambda reactor: site(reactor, application, stream_input=True))

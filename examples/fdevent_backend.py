@@ -37,7 +37,7 @@ import sys
 from typing import Any, Callable, Dict, Iterator, Tuple
 from urllib.parse import parse_qs
 
-#: Where the backend listens; L{main} sets it to the backend it starts.
+#: Where the backend listens; L{start_backend} sets it to the backend it starts.
 BACKEND: Tuple[str, int] = ("127.0.0.1", 7000)
 
 #: Seconds the application waits on the backend before giving up.
@@ -148,36 +148,25 @@ def backend_factory(reactor: Any, delay: float = DELAY) -> Any:
     return Factory.forProtocol(Shout)
 
 
-def main(argv: list) -> None:
-    from twisted.internet import reactor
+def start_backend(reactor: Any) -> Any:
+    """
+    Start the backend on a free port, point L{BACKEND} at it; a L{Deferred}
+    firing with the site serving L{application}.
+    """
     from twisted.internet.endpoints import serverFromString
-    from twisted.web.server import Site
 
-    from txawsgi import AWSGIResource
+    from _serve import site
 
-    port = int(argv[1]) if len(argv) > 1 else 8080
-
-    def serve(backend_port: Any) -> Any:
+    def started(backend_port: Any) -> Any:
         global BACKEND
         BACKEND = ("127.0.0.1", backend_port.getHost().port)
-        site = Site(AWSGIResource(reactor, application))
-        return serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(site)
+        print(f"fdevent_backend: backend on {BACKEND[0]}:{BACKEND[1]}", flush=True)
+        return site(reactor, application, streaming=False)
 
-    def listening(listening_port: Any) -> None:
-        print(
-            f"fdevent_backend listening on http://127.0.0.1:{listening_port.getHost().port}/ "
-            f"(backend on {BACKEND[0]}:{BACKEND[1]})",
-            flush=True,
-        )
-
-    def failed(reason: Any) -> None:
-        print(f"fdevent_backend: cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    backend = serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(backend_factory(reactor))
-    backend.addCallback(serve).addCallbacks(listening, failed)
-    reactor.run()
+    return serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(backend_factory(reactor)).addCallback(started)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    from _serve import serve
+
+    serve(sys.argv, start_backend)

@@ -107,33 +107,7 @@ def _answer(start_response: Callable[..., Any], body: bytes) -> Iterable[bytes]:
     return [body]
 
 
-def make_site(reactor: Any) -> Any:
-    """
-    The site serving L{application} in greenlets, streaming request bodies.
-    """
-    from txawsgi import AWSGIResource
-    from txawsgi.site import AWSGISite
-
-    return AWSGISite(AWSGIResource(reactor, application, greenlets=True))
-
-
-def main(argv: list) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    port = int(argv[1]) if len(argv) > 1 else 8080
-
-    def listening(listening_port: Any) -> None:
-        print(f"greenlet_upload listening on http://127.0.0.1:{listening_port.getHost().port}/", flush=True)
-
-    def failed(reason: Any) -> None:
-        print(f"greenlet_upload: cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    endpoint = serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1")
-    endpoint.listen(make_site(reactor)).addCallbacks(listening, failed)
-    reactor.run()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from _serve import serve, site
+
+    serve(sys.argv, lambda reactor: site(reactor, application, greenlets=True))

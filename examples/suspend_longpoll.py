@@ -164,32 +164,20 @@ def stream(environ: Dict[str, Any], start_response: Callable[..., Any], since: i
             yield from wait_for(environ, sent)
 
 
-def main(argv: list) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-    from twisted.web.server import Site
-
-    from txawsgi import AWSGIResource
-
-    port = int(argv[1]) if len(argv) > 1 else 8080
+def start_ticker() -> None:
+    """
+    Publish a C{tick} every ten seconds, from a thread of its own.
+    """
 
     def tick() -> None:
         while True:
             time.sleep(10)
             BOARD.publish(time.strftime("tick %H:%M:%S").encode())
 
-    def listening(listening_port: Any) -> None:
-        print(f"suspend_longpoll listening on http://127.0.0.1:{listening_port.getHost().port}/", flush=True)
-        threading.Thread(target=tick, name="ticker", daemon=True).start()
-
-    def failed(reason: Any) -> None:
-        print(f"suspend_longpoll: cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    endpoint = serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1")
-    endpoint.listen(Site(AWSGIResource(reactor, application))).addCallbacks(listening, failed)
-    reactor.run()
+    threading.Thread(target=tick, name="ticker", daemon=True).start()
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    from _serve import serve, site
+
+    serve(sys.argv, lambda reactor: site(reactor, application, streaming=False), started=start_ticker)

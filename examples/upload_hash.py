@@ -80,23 +80,7 @@ def make_site(reactor: Any, max_body: Optional[int] = None) -> Any:
     return AWSGISite(AWSGIResource(reactor, application, stream_input=True, max_body=max_body))
 
 
-def main(argv: list) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    port = int(argv[1]) if len(argv) > 1 else 8080
-
-    def listening(listening_port: Any) -> None:
-        print(f"upload_hash listening on http://127.0.0.1:{listening_port.getHost().port}/", flush=True)
-
-    def failed(reason: Any) -> None:
-        print(f"upload_hash: cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
-        reactor.stop()
-
-    endpoint = serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1")
-    endpoint.listen(make_site(reactor)).addCallbacks(listening, failed)
-    reactor.run()
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from _serve import serve
+
+    serve(sys.argv, make_site)

@@ -8,17 +8,19 @@ examples.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
 import sys
 import time
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from .support import PROJECT_ROOT, ProcessHandle, RawClient, Server, project_env
+from .support import PROJECT_ROOT, ProcessHandle, RawClient, Server, project_env, sleep
 
 #: How long "nothing happened" is watched for before it is believed.
 QUIET = 0.2
@@ -47,6 +49,17 @@ def with_hello(app: Callable[..., Any]) -> Callable[..., Any]:
     return dispatch
 
 
+@inlineCallbacks
+def fetch(server: Server, path: bytes = b"/") -> Any:
+    """
+    C{GET path} from C{server} on a fresh connection: the response.
+    """
+    client = yield RawClient.connect(server)
+    client.send(get(path))
+    [response] = yield client.wait_for_responses(1)
+    return response
+
+
 async def hello_while(server: Server, busy: Callable[[], bool], timeout: float = 2) -> float:
     """
     Ask C{server} for C{/hello} on a fresh connection, check that C{busy()}
@@ -63,6 +76,29 @@ async def hello_while(server: Server, busy: Callable[[], bool], timeout: float =
     assert busy(), "the other requests ended before hello was answered"
     await client.close()
     return took
+
+
+async def stalled_download(testcase: TestCase, server: Server, blocks: List[bytes], progress: List[int]) -> Any:
+    """
+    C{GET /} from C{server} with a client that does not read: the
+    application's progress (C{progress[0]}, blocks written) stalls before
+    half of C{blocks} while a hello is answered promptly; then the client
+    reads, and gets C{blocks} whole and in order: the response.
+    """
+    client = await RawClient.connect(server, rcvbuf=16 * 1024)
+    client.pause_reading()
+    client.send(get())
+    await sleep(QUIET)
+    stalled = progress[0]
+    await sleep(QUIET)
+    testcase.assertEqual(progress[0], stalled)
+    testcase.assertLess(stalled, len(blocks) // 2)
+    took = await hello_while(server, lambda: progress[0] == stalled)
+    testcase.assertLess(took, 1.0)
+    client.resume_reading()
+    [response] = await client.wait_for_responses(1, timeout=10)
+    testcase.assertEqual(response.body, b"".join(blocks))
+    return response
 
 
 class Middleware:
@@ -163,6 +199,29 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def spy_on_hashing(testcase: TestCase, example: ModuleType) -> List[int]:
+    """
+    Patch C{example}'s C{hashlib.sha256} for the test: the list returned
+    grows by the length of every piece the example hashes, as it hashes it.
+    """
+    pieces: List[int] = []
+    real = hashlib.sha256
+
+    class Spy:
+        def __init__(self) -> None:
+            self._h = real()
+
+        def update(self, data: bytes) -> None:
+            pieces.append(len(data))
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    testcase.patch(example, "hashlib", SimpleNamespace(sha256=Spy))
+    return pieces
 
 
 async def run_example(testcase: TestCase, name: str) -> Tuple[ProcessHandle, int]:

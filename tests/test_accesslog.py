@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from typing import List
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from txawsgi.accesslog import AccessLog, combined_line, escape
+from txawsgi.accesslog import AccessLog, combined_line, combined_record, escape
 
 from ._production import APP, serve, temp_dir, twistd_awsgi
 from .support import RawClient, eventually, free_port, request
@@ -29,6 +31,21 @@ def lines(path: str) -> List[str]:
         return []
     with open(path) as f:
         return f.read().splitlines()
+
+
+def dummy_request() -> DummyRequest:
+    """
+    A request, as the access log sees it once its response has ended.
+    """
+    request = DummyRequest([b"x"])
+    request.method = b"GET"
+    request.uri = b"/x"
+    request.clientproto = b"HTTP/1.1"
+    request.client = IPv4Address("TCP", "192.0.2.1", 1234)
+    request.code = 200
+    request.startedWriting = True
+    request.sentLength = 2
+    return request
 
 
 class FormatTests(SynchronousTestCase):
@@ -60,6 +77,62 @@ class FormatTests(SynchronousTestCase):
         request.startedWriting = False
         request.sentLength = 0
         self.assertIn('" 499 - "', combined_line(request, when=0, aborted=True))
+
+    def test_timestampPerSecond(self) -> None:
+        """
+        The time (formatted once per second) is the second of C{when}.
+        """
+        request = dummy_request()
+        stamps = []
+        for when in (0.0, 0.9, 1.0, 0.5, 86400 * 365.25 * 30 + 0.1):
+            match = LINE.match(combined_line(request, when=when, aborted=False))
+            assert match is not None
+            stamps.append(match["time"])
+        self.assertEqual(stamps[0], stamps[1])
+        self.assertNotEqual(stamps[1], stamps[2])
+        self.assertEqual(stamps[3], stamps[0])
+        self.assertRegex(stamps[4], r"(31/Dec/1999|01/Jan/2000):")
+        self.assertEqual(
+            combined_record(request, when=5, aborted=False),
+            combined_line(request, when=5, aborted=False).encode() + b"\n",
+        )
+
+
+class BufferTests(SynchronousTestCase):
+    """
+    Lines wait a moment in memory; closing the log writes them.
+    """
+
+    def test_closeWritesBufferedLines(self) -> None:
+        path = os.path.join(temp_dir(self), "access.log")
+        clock = Clock()
+        log = AccessLog(path, reactor=clock, delay=10)
+        log.open()
+        request = dummy_request()
+        for _ in range(3):
+            log.log(request, when=0, aborted=False)
+        self.assertEqual(lines(path), [])
+        log.close()
+        self.assertEqual(len(lines(path)), 3)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        log.write("after")
+        self.assertEqual(len(lines(path)), 3)
+
+    def test_endOfTurn(self) -> None:
+        """
+        By default, lines are written once the reactor has handled the
+        events at hand.
+        """
+        path = os.path.join(temp_dir(self), "access.log")
+        clock = Clock()
+        log = AccessLog(path, reactor=clock)
+        log.open()
+        self.addCleanup(log.close)
+        log.write("one")
+        log.write("two")
+        self.assertEqual(lines(path), [])
+        clock.advance(0)
+        self.assertEqual(lines(path), ["one", "two"])
 
 
 class AccessLogTests(TestCase):
@@ -191,3 +264,40 @@ class StdoutTests(TestCase):
         [line] = [l for l in out.decode().splitlines() if "/stream?2" in l]
         self.assertIsNotNone(LINE.match(line), line)
         self.assertEqual(line.split('" ')[1], f'200 {len(response.body)} "-')
+
+
+class StopTests(TestCase):
+    """
+    A request in flight at SIGTERM is logged before the server exits.
+    """
+
+    timeout = 40
+
+    async def stop_during_request(self, *args: str) -> str:
+        path = os.path.join(temp_dir(self), "access.log")
+        port = free_port()
+        proc = twistd_awsgi(
+            self, "--app", APP, "-l", f"tcp:{port}:interface=127.0.0.1", "--access-log", path, *args
+        )
+        await proc.wait_for_output(b"(worker-" if args else b"txawsgi serving", timeout=20)
+        for _ in range(5):
+            response = await request(f"http://127.0.0.1:{port}/pid")
+            self.assertEqual(response.code, 200)
+        client = await RawClient.connect(("127.0.0.1", port), testcase=self)
+        client.send(b"GET /slow?0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.wait_for(b"started\n")
+        proc.signal("TERM")
+        self.assertEqual(await proc.wait_exit(timeout=20), -signal.SIGTERM, proc.output)
+        logged = lines(path)
+        self.assertEqual(len([line for line in logged if '"GET /pid HTTP/1.1" 200' in line]), 5, logged)
+        [slow] = [line for line in logged if "/slow" in line]
+        self.assertEqual(len(logged), 6)
+        return slow
+
+    async def test_oneProcess(self) -> None:
+        slow = await self.stop_during_request()
+        self.assertIn('"GET /slow?0.5 HTTP/1.1" 200 %d ' % len(b"started\nfinished\n"), slow)
+
+    async def test_workers(self) -> None:
+        slow = await self.stop_during_request("--workers", "2")
+        self.assertIn('"GET /slow?0.5 HTTP/1.1" 200 %d ' % len(b"started\nfinished\n"), slow)

@@ -35,6 +35,7 @@ from txawsgi.errors import (
     WrongEnviron,
 )
 
+from ._streaming import start_pool
 from .support import (
     BodyStream,
     ProcessHandle,
@@ -105,17 +106,6 @@ class Hub:
         return eventually(lambda: len(self.exchanges) >= n, timeout=timeout)
 
 
-def start_pool(testcase: TestCase, maxthreads: int = 4) -> ThreadPool:
-    """
-    A started L{ThreadPool}, stopped at cleanup from another thread (a
-    worker blocked on the reactor must not deadlock the join).
-    """
-    pool = ThreadPool(minthreads=1, maxthreads=maxthreads, name=f"test-{testcase.id()}")
-    pool.start()
-    testcase.addCleanup(lambda: deferToThread(pool.stop))
-    return pool
-
-
 def block(i: int, size: int = 64 * 1024) -> bytes:
     """
     A deterministic, incompressible-looking block of C{size} bytes number
@@ -142,6 +132,20 @@ class ServerMixin:
 
             return listen(self, AWSGISite(resource), **kw)  # type: ignore[arg-type]
         return listen(self, resource, **kw)  # type: ignore[arg-type]
+
+    @inlineCallbacks
+    def first_exchange(
+        self, hub: Hub, app: Any = None, data: bytes = GET % b"/", threadpool: Optional[ThreadPool] = None
+    ) -> Any:
+        """
+        Serve C{app} (C{hub} itself by default), connect and send C{data};
+        once C{hub} has the request: C{(server, client, exchange)}.
+        """
+        server = yield self.serve(hub if app is None else app, threadpool)
+        client = yield RawClient.connect(server)
+        client.send(data)
+        yield hub.wait()
+        return server, client, hub.exchanges[0]
 
     @inlineCallbacks
     def assertServing(self, server: Any) -> Any:
@@ -190,11 +194,8 @@ class StreamingTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_putArrivesBeforeNextPut(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
         yield sleep(0.05)
         # Headers are held until the first chunk.
         self.assertEqual(client.received, b"")
@@ -250,11 +251,8 @@ class StreamingTests(ServerMixin, TestCase):
         Puts made in one reactor turn all arrive, in order.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
         for i in range(100):
             ctrl.put(b"<%d>" % i)
         ctrl.finish()
@@ -571,11 +569,7 @@ class ThreadSafetyTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_putFromCallInThread(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         results: List[Any] = []
         drained: List[bool] = []
 
@@ -605,11 +599,8 @@ class ThreadSafetyTests(ServerMixin, TestCase):
         catches up.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
         answers: List[Any] = []
         piece = b"x" * 8192
 
@@ -633,11 +624,8 @@ class ThreadSafetyTests(ServerMixin, TestCase):
         Four threads putting at once: nothing lost, each thread's order kept.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
 
         def putter(name: bytes) -> None:
             for i in range(500):
@@ -657,11 +645,8 @@ class ThreadSafetyTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_onCloseFromThread(self) -> Any:
         hub = Hub(track_close=False)
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
         closes: List[Any] = []
         yield deferToThread(ctrl.on_close, lambda reason: closes.append((reason, isInIOThread())))
         ctrl.put(b"x")
@@ -763,19 +748,27 @@ class MisuseTests(ServerMixin, TestCase):
         raised = yield self.run_app(misuse, body=b"abc")
         self.assertIsInstance(raised, GetPending)
 
-    @inlineCallbacks
-    def test_onGetAfterInputReplaced(self) -> Any:
-        def replacing(app: Any) -> Any:
-            def middleware(environ: Dict[str, Any], start_response: Any) -> Any:
-                environ["wsgi.input"] = io.BytesIO(b"replaced")
-                return app(environ, start_response)
+    def on_get_behind(self, replace: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Deferred[Any]:
+        """
+        What C{on_get} raises behind middleware that hands the application
+        C{replace(environ)}.
+        """
 
-            return middleware
+        def replacing(app: Any) -> Any:
+            return lambda environ, start_response: app(replace(environ), start_response)
 
         def misuse(ex: Exchange) -> None:
             ex.ctrl.on_get(10, lambda data: None)
 
-        raised = yield self.run_app(misuse, body=b"original", middleware=replacing)
+        return self.run_app(misuse, body=b"original", middleware=replacing)
+
+    @inlineCallbacks
+    def test_onGetAfterInputReplaced(self) -> Any:
+        def replace(environ: Dict[str, Any]) -> Dict[str, Any]:
+            environ["wsgi.input"] = io.BytesIO(b"replaced")
+            return environ
+
+        raised = yield self.on_get_behind(replace)
         self.assertIsInstance(raised, InputReplaced)
 
     @inlineCallbacks
@@ -784,18 +777,7 @@ class MisuseTests(ServerMixin, TestCase):
         Middleware that copies the environ and replaces C{wsgi.input} in the
         copy: the controller made from the copy refuses C{on_get}.
         """
-
-        def replacing(app: Any) -> Any:
-            def middleware(environ: Dict[str, Any], start_response: Any) -> Any:
-                environ = dict(environ, **{"wsgi.input": io.BytesIO(b"replaced")})
-                return app(environ, start_response)
-
-            return middleware
-
-        def misuse(ex: Exchange) -> None:
-            ex.ctrl.on_get(10, lambda data: None)
-
-        raised = yield self.run_app(misuse, body=b"original", middleware=replacing)
+        raised = yield self.on_get_behind(lambda environ: dict(environ, **{"wsgi.input": io.BytesIO(b"replaced")}))
         self.assertIsInstance(raised, InputReplaced)
 
     @inlineCallbacks
@@ -839,11 +821,8 @@ class MisuseTests(ServerMixin, TestCase):
         there too, and leaves the response intact.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub)
+        ctrl = ex.ctrl
         ctrl.put(b"fine")
         ctrl.finish()
         self.assertRaises(AlreadyFinished, ctrl.put, b"x")
@@ -918,11 +897,8 @@ class MiddlewareTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_generatorMiddleware(self) -> Any:
         hub = Hub()
-        server = yield self.serve(upper(hub))
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub, upper(hub))
+        ctrl = ex.ctrl
         ctrl.put(b"hello ")
         yield client.wait_for(b"HELLO ")
         ctrl.put(b"world")
@@ -933,11 +909,8 @@ class MiddlewareTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_bufferingMiddleware(self) -> Any:
         hub = Hub()
-        server = yield self.serve(buffering(hub))
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ctrl = hub.exchanges[0].ctrl
+        server, client, ex = yield self.first_exchange(hub, buffering(hub))
+        ctrl = ex.ctrl
         ctrl.put(b"abc")
         yield sleep(0.05)
         ctrl.put(b"def")
@@ -1050,11 +1023,7 @@ class DisconnectTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_clientAbortsWhileWaiting(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         ex.ctrl.put(b"partial")
         yield client.wait_for(b"partial")
         self.assertEqual(ex.closes, [])
@@ -1081,11 +1050,7 @@ class DisconnectTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_putFromThreadAfterClientLeft(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         yield client.abort()
         yield eventually(lambda: ex.closes)
         results = yield deferToThread(lambda: [ex.ctrl.put(b"x" * 100) for _ in range(10)])
@@ -1096,11 +1061,7 @@ class DisconnectTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_clientAbortsBeforeAnyOutput(self) -> Any:
         hub = Hub()
-        server = yield self.serve(upper(hub))
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub, upper(hub))
         yield client.abort()
         yield eventually(lambda: ex.closes)
         self.assertIsInstance(ex.closes[0], ClientDisconnected)
@@ -1110,11 +1071,7 @@ class DisconnectTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_onCloseNoneAfterDelivery(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         ex.ctrl.put(b"all of it")
         ex.ctrl.finish()
         [response] = yield client.wait_for_responses(1)
@@ -1135,11 +1092,7 @@ class DisconnectTests(ServerMixin, TestCase):
         later, from the reactor, with the reason.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         yield client.abort()
         yield eventually(lambda: ex.ctrl.closed)
         late: List[Any] = []
@@ -1155,11 +1108,7 @@ class DisconnectTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_onCloseCallbackError(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub)
         ex.ctrl.on_close(lambda reason: 1 / 0)
         ex.ctrl.put(b"x")
         ex.ctrl.finish()
@@ -1176,11 +1125,7 @@ class DisconnectTests(ServerMixin, TestCase):
         not run against a closed exchange.
         """
         hub = Hub()
-        server = yield self.serve(hub)
-        client = yield RawClient.connect(server)
-        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub, data=b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
         yield client.abort()
         yield eventually(lambda: ex.ctrl.closed)
         got: List[bytes] = []
@@ -1296,14 +1241,24 @@ class BackpressureTests(ServerMixin, TestCase):
         return client
 
     @inlineCallbacks
-    def test_controllerFollowsDrain(self) -> Any:
-        total = 16 * MiB
-        producer = Producer(total)
-        hub = Hub(setup=producer, headers=[("Content-Length", str(total))])
+    def stalled(self, producer: Producer) -> Any:
+        """
+        Serve C{producer} to a client that does not read, and let it produce
+        all it may: C{(server, client, exchange)}.
+        """
+        hub = Hub(setup=producer, headers=[("Content-Length", str(producer.total))])
         server = yield self.serve(hub, self.pool(), sndbuf=65536)
         client = yield self.paused_client(server)
         yield hub.wait()
-        produced = yield self.settle(lambda: producer.produced)
+        yield self.settle(lambda: producer.produced)
+        return server, client, hub.exchanges[0]
+
+    @inlineCallbacks
+    def test_controllerFollowsDrain(self) -> Any:
+        total = 16 * MiB
+        producer = Producer(total)
+        server, client, ex = yield self.stalled(producer)
+        produced = producer.produced
         self.assertLess(produced, self.BOUND)
         self.assertGreater(producer.drains, 0)
         self.assertFalse(producer.ctrl.writable)
@@ -1322,11 +1277,8 @@ class BackpressureTests(ServerMixin, TestCase):
         """
         total = 16 * MiB
         producer = Producer(total)
-        hub = Hub(setup=producer, headers=[("Content-Length", str(total))])
-        server = yield self.serve(hub, self.pool(), sndbuf=65536)
-        client = yield self.paused_client(server)
-        yield hub.wait()
-        first = yield self.settle(lambda: producer.produced)
+        server, client, ex = yield self.stalled(producer)
+        first = producer.produced
         client.resume_reading()
         yield eventually(lambda: client.body_bytes > 6 * MiB, timeout=10)
         client.pause_reading()
@@ -1373,15 +1325,10 @@ class BackpressureTests(ServerMixin, TestCase):
         callback never runs, C{on_close} reports the disconnect.
         """
         producer = Producer(64 * MiB)
-        hub = Hub(setup=producer, headers=[("Content-Length", str(64 * MiB))])
-        server = yield self.serve(hub, self.pool(), sndbuf=65536)
-        client = yield self.paused_client(server)
-        yield hub.wait()
-        yield self.settle(lambda: producer.produced)
+        server, client, ex = yield self.stalled(producer)
         drains = producer.drains
         produced = producer.produced
         yield client.abort()
-        ex = hub.exchanges[0]
         yield eventually(lambda: ex.closes)
         self.assertIsInstance(ex.closes[0], ClientDisconnected)
         yield sleep(0.1)
@@ -1397,11 +1344,7 @@ class BackpressureTests(ServerMixin, TestCase):
         """
         total = 8 * MiB
         producer = Producer(total, size=8 * 1024)
-        hub = Hub(setup=producer, headers=[("Content-Length", str(total))])
-        server = yield self.serve(hub, self.pool(), sndbuf=65536)
-        client = yield self.paused_client(server)
-        yield hub.wait()
-        yield self.settle(lambda: producer.produced)
+        server, client, ex = yield self.stalled(producer)
         ctrl = producer.ctrl
         self.assertFalse(ctrl.writable)
         self.assertLess(ctrl._queued, HIGH_WATER + 8 * 1024)
@@ -1708,11 +1651,7 @@ class CallbackErrorTests(ServerMixin, TestCase):
     @inlineCallbacks
     def test_onDrainCallbackRaisesAfterOutput(self) -> Any:
         hub = Hub()
-        server = yield self.serve(hub, self.pool())
-        client = yield RawClient.connect(server)
-        client.send(get())
-        yield hub.wait()
-        ex = hub.exchanges[0]
+        server, client, ex = yield self.first_exchange(hub, threadpool=self.pool())
         ex.ctrl.put(b"started")
         yield client.wait_for(b"started")
 

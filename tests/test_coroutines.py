@@ -22,7 +22,7 @@ from txawsgi.coroutines import Stream, coroutine_app
 from txawsgi.errors import BodyTruncated, ClientDisconnected
 from txawsgi.site import AWSGISite
 
-from ._extensions import QUIET, Middleware, get, hello_while, load_example, run_example, with_hello
+from ._extensions import Middleware, fetch, get, hello_while, load_example, run_example, stalled_download, with_hello
 from ._streaming import chunk, chunked_head, digest, pattern, post, start_pool
 from .support import RawClient, eventually, listen, sleep
 
@@ -164,19 +164,7 @@ class OutputTests(TestCase):
                 progress[0] += 1
 
         server = yield serve(self, app, listen={"sndbuf": 16 * 1024})
-        client = yield RawClient.connect(server, rcvbuf=16 * 1024)
-        client.pause_reading()
-        client.send(get())
-        yield sleep(QUIET)
-        stalled = progress[0]
-        yield sleep(QUIET)
-        self.assertEqual(progress[0], stalled)
-        self.assertLess(stalled, len(blocks) // 2)
-        took = yield Deferred.fromCoroutine(hello_while(server, lambda: progress[0] == stalled))
-        self.assertLess(took, 1.0)
-        client.resume_reading()
-        [response] = yield client.wait_for_responses(1, timeout=10)
-        self.assertEqual(response.body, b"".join(blocks))
+        yield Deferred.fromCoroutine(stalled_download(self, server, blocks, progress))
         self.assertGreater(refused[0], 0)
 
     @inlineCallbacks
@@ -206,9 +194,7 @@ class OutputTests(TestCase):
             await stream.send(b"done")
 
         server = yield serve(self, app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.body, b"done")
         self.assertEqual(got, ["deferred", "helper", "raised", True])
 
@@ -338,9 +324,7 @@ class MiddlewareTests(TestCase):
 
         middleware = Middleware(app)
         server = yield serve(self, upper(middleware))
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.body, b"ONE TWO THREE")
         self.assertEqual(b"".join(middleware.chunks), b"one two three")
         self.assertIn(b"", middleware.chunks)

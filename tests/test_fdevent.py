@@ -25,7 +25,7 @@ from txawsgi import AWSGIResource
 from txawsgi.errors import ExtensionMisuse
 from txawsgi.fdevent import _Descriptor
 
-from ._extensions import QUIET, Middleware, Pipe, get, hello_while, load_example, run_example, with_hello
+from ._extensions import QUIET, Middleware, Pipe, fetch, get, hello_while, load_example, run_example, with_hello
 from .support import RawClient, eventually, listen, sleep
 from ._streaming import start_pool
 
@@ -367,9 +367,7 @@ class BackendTests(ServeMixin, TestCase):
             unused.bind(("127.0.0.1", 0))
             self.example.BACKEND = unused.getsockname()
         server = yield self.serve(self.example.application)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 502)
         self.assertIn(b"ECONNREFUSED", response.body)
 
@@ -381,9 +379,7 @@ class BackendTests(ServeMixin, TestCase):
         """
         self.patch(self.example, "TIMEOUT", 0.05)
         server = yield self.serve(self.example.application)
-        client = yield RawClient.connect(server)
-        client.send(get(b"/?w=late"))
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server, b"/?w=late")
         self.assertEqual(response.body, b"(the backend is too slow; giving up)\n")
 
     @inlineCallbacks
@@ -439,9 +435,7 @@ class RawBackendTests(ServeMixin, TestCase):
                 sock.close()
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.body, b"ping")
 
 
@@ -470,9 +464,7 @@ class MisuseTests(ServeMixin, TestCase):
             yield b""
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 500)
         self.assertIn("called again before the application yielded", str(raised[0]))
         self.assertEqual(len(self.flushLoggedErrors(ExtensionMisuse)), 1)
@@ -492,9 +484,7 @@ class MisuseTests(ServeMixin, TestCase):
             yield b"too soon"
 
         server = yield self.serve(Middleware(app))
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 500)
         self.assertNotIn(b"too soon", response.body)
         [error] = self.flushLoggedErrors(ExtensionMisuse)
@@ -523,9 +513,7 @@ class MisuseTests(ServeMixin, TestCase):
             yield b"still fine"
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual((response.code, response.body), (200, b"still fine"))
         self.assertEqual(raised, ["TypeError", "ValueError", "OSError"])
         self.assertEqual(watched(), [])

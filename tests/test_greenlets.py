@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterator, List
 from unittest import mock
 
@@ -21,12 +20,23 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from txawsgi import AWSGIResource
-from txawsgi.errors import WouldBlock
+from txawsgi.errors import BodyTruncated, ClientDisconnected, WouldBlock
 from txawsgi.runners import wait
 from txawsgi.site import AWSGISite
 from txawsgi.tap import Options
 
-from ._extensions import QUIET, Middleware, get, hello_while, load_example, run_example, with_hello
+from ._extensions import (
+    QUIET,
+    Middleware,
+    fetch,
+    get,
+    hello_while,
+    load_example,
+    run_example,
+    spy_on_hashing,
+    stalled_download,
+    with_hello,
+)
 from ._streaming import digest, pattern, post
 from .support import ProcessHandle, RawClient, eventually, free_port, listen, project_env, sleep, twistd_argv
 
@@ -166,19 +176,7 @@ class WriteTests(TestCase):
             return Closing([], closes)
 
         server = yield serve(self, app, sndbuf=16 * 1024)
-        client = yield RawClient.connect(server, rcvbuf=16 * 1024)
-        client.pause_reading()
-        client.send(get())
-        yield sleep(QUIET)
-        stalled = progress[0]
-        yield sleep(QUIET)
-        self.assertEqual(progress[0], stalled)
-        self.assertLess(stalled, len(blocks) // 2)
-        took = yield Deferred.fromCoroutine(hello_while(server, lambda: progress[0] == stalled))
-        self.assertLess(took, 1.0)
-        client.resume_reading()
-        [response] = yield client.wait_for_responses(1, timeout=10)
-        self.assertEqual(response.body, b"".join(blocks))
+        yield Deferred.fromCoroutine(stalled_download(self, server, blocks, progress))
         self.assertEqual(progress[0], len(blocks))
         self.assertEqual(len(closes), 1)
 
@@ -238,9 +236,7 @@ class WaitTests(TestCase):
             return [b"done"]
 
         server = yield serve(self, app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.body, b"done")
         self.assertEqual(got, ["later", "at once", "KeyError", "ZeroDivisionError"])
 
@@ -343,6 +339,110 @@ def _raise() -> None:
     1 / 0
 
 
+class ClientLeavesTests(TestCase):
+    """
+    A client that leaves while its application waits: the wait raises
+    (L{ClientDisconnected}, or L{BodyTruncated} for a read of the body it
+    did not finish), the application unwinds, its iterable is closed, and
+    no greenlet stays parked on what it waited for, which never fires.
+    """
+
+    #: How long the unwinding may take (it takes two reactor turns).
+    BOUND = 2.0
+
+    @inlineCallbacks
+    def leave_while_waiting(self, app: Any, data: bytes, started: List[Any]) -> Any:
+        """
+        Serve C{app}, send C{data}, and once C{started} has a greenlet in it
+        (the application waits) leave; fire when that greenlet has ended,
+        no greenlet waits and the exchange is over.
+        """
+        server = yield serve(self, app)
+        client = yield RawClient.connect(server)
+        client.send(data)
+        yield eventually(lambda: started)
+        yield sleep(0.05)
+        self.assertFalse(started[0].dead)
+        runner = self.resource._container.runner
+        self.assertEqual(runner.parked, 1)
+        yield client.abort()
+        yield eventually(lambda: started[0].dead, timeout=self.BOUND)
+        self.assertEqual(runner.parked, 0)
+        yield eventually(lambda: self.resource.in_flight == 0, timeout=self.BOUND)
+
+    @inlineCallbacks
+    def test_call_waiting(self) -> Any:
+        """
+        The application callable waits: C{wait()} raises
+        L{ClientDisconnected}; the application returns an iterable anyway,
+        which is closed.
+        """
+        never: Deferred[None] = Deferred()
+        started: List[Any] = []
+        raised: List[BaseException] = []
+        closes: List[Any] = []
+
+        def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            started.append(greenlet.getcurrent())
+            try:
+                wait(never)
+            except ClientDisconnected as e:
+                raised.append(e)
+            start_response("200 OK", [("Content-Length", "2")])
+            return Closing([b"ok"], closes)
+
+        yield self.leave_while_waiting(app, get(), started)
+        self.assertEqual([type(e) for e in raised], [ClientDisconnected])
+        yield eventually(lambda: closes, timeout=self.BOUND)
+        self.assertFalse(never.called)
+
+    @inlineCallbacks
+    def test_iterable_waiting(self) -> Any:
+        """
+        The iterable waits for its next chunk: the wait raises
+        L{ClientDisconnected} out of C{__next__}, and C{close()} runs.
+        """
+        never: Deferred[None] = Deferred()
+        started: List[Any] = []
+        closes: List[Any] = []
+
+        class Waiting(Closing):
+            def __next__(self) -> bytes:
+                started.append(greenlet.getcurrent())
+                wait(never)
+                return b"unreachable"
+
+        def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return Waiting([], closes)
+
+        yield self.leave_while_waiting(app, get(), started)
+        yield eventually(lambda: closes, timeout=self.BOUND)
+        self.assertEqual(len(self.flushLoggedErrors(ClientDisconnected)), 1)
+        self.assertFalse(never.called)
+
+    @inlineCallbacks
+    def test_read_waiting(self) -> Any:
+        """
+        A C{wsgi.input} read waits for the rest of the body: it raises
+        L{BodyTruncated}, which says more than L{ClientDisconnected}.
+        """
+        started: List[Any] = []
+        raised: List[BaseException] = []
+
+        def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            started.append(greenlet.getcurrent())
+            try:
+                environ["wsgi.input"].read()
+            except ConnectionError as e:
+                raised.append(e)
+            start_response("200 OK", [])
+            return [b"unreachable"]
+
+        yield self.leave_while_waiting(app, post(b"/", b"x" * 1000)[:-500], started)
+        self.assertEqual([type(e) for e in raised], [BodyTruncated])
+
+
 class ErrorTests(TestCase):
     """
     Exceptions and C{close()} in greenlet mode.
@@ -359,9 +459,7 @@ class ErrorTests(TestCase):
             raise ValueError("broken")
 
         server = yield serve(self, app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 500)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
@@ -398,13 +496,20 @@ class ErrorTests(TestCase):
     def test_close_called(self) -> Any:
         """
         C{close()} is called in a greenlet once the response is delivered,
-        and when the client left while the application waited.
+        and when the client left while the application waited (the wait
+        raised L{ClientDisconnected}; the application returned anyway).
         """
         closes: List[Any] = []
+        raised: List[BaseException] = []
 
         def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
             if environ["PATH_INFO"] == "/slow":
-                wait(deferLater(reactor, 0.2, lambda: None))
+                slow = deferLater(reactor, 0.2, lambda: None)
+                try:
+                    wait(slow)
+                except ClientDisconnected as e:
+                    raised.append(e)
+                    slow.cancel()
             start_response("200 OK", [("Content-Length", "2")])
             return Closing([b"ok"], closes)
 
@@ -420,6 +525,7 @@ class ErrorTests(TestCase):
         yield eventually(lambda: len(closes) == 2)
         main = greenlet.getcurrent()
         self.assertNotIn(main, closes)
+        self.assertEqual([type(e) for e in raised], [ClientDisconnected])
         yield eventually(lambda: self.resource.in_flight == 0)
 
 
@@ -438,21 +544,7 @@ class ExampleTests(TestCase):
         arrived; a hello is answered while they wait for the rest; then
         each gets its own answer.
         """
-        pieces: List[int] = []
-        real = hashlib.sha256
-
-        class Spy:
-            def __init__(self) -> None:
-                self._h = real()
-
-            def update(self, data: bytes) -> None:
-                pieces.append(len(data))
-                self._h.update(data)
-
-            def hexdigest(self) -> str:
-                return self._h.hexdigest()
-
-        self.patch(self.example, "hashlib", SimpleNamespace(sha256=Spy))
+        pieces = spy_on_hashing(self, self.example)
         server = yield serve(self, self.example.application)
         bodies = [pattern(120_000, i) for i in range(20)]
         clients = []
@@ -468,7 +560,7 @@ class ExampleTests(TestCase):
             client.send(body[-50_000:])
         for body, client in zip(bodies, clients):
             [response] = yield client.wait_for_responses(1)
-            self.assertEqual(response.body, b"120000 bytes, sha256 %s\n" % real(body).hexdigest().encode())
+            self.assertEqual(response.body, b"120000 bytes, sha256 %s\n" % hashlib.sha256(body).hexdigest().encode())
 
     @inlineCallbacks
     def test_concurrent_downloads(self) -> Any:

@@ -351,14 +351,14 @@ class _FailureTests(Served):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     @inlineCallbacks
-    def test_raiseAfterOutputChunked(self) -> Iterator[Any]:
+    def fail_after_output(self, headers: List[Any], data: bytes) -> Iterator[Any]:
         """
-        An exception after body bytes were sent aborts the connection: the
-        chunked body has no terminator.
+        Serve an app that sends C{b"partial"} under C{headers}, then raises;
+        send C{data}: C{(client, how the connection closed)}, once it has.
         """
 
         def app(environ: Dict[str, Any], start_response: Any) -> Any:
-            start_response("200 OK", [TEXT])
+            start_response("200 OK", headers)
 
             def body() -> Iterator[bytes]:
                 yield b"partial"
@@ -368,14 +368,23 @@ class _FailureTests(Served):
 
         server = yield self.serve(app)
         client = yield RawClient.connect(server)
-        client.send(raw_request("/"))
-        yield client.wait_closed()
+        client.send(data)
+        reason = yield client.wait_closed()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        return client, reason
+
+    @inlineCallbacks
+    def test_raiseAfterOutputChunked(self) -> Iterator[Any]:
+        """
+        An exception after body bytes were sent aborts the connection: the
+        chunked body has no terminator.
+        """
+        client, reason = yield self.fail_after_output([TEXT], raw_request("/"))
         [response] = parse_response(client.received)
         self.assertEqual(response.framing, "chunked")
         self.assertFalse(response.complete)
         self.assertEqual(response.body, b"partial")
         self.assertNotIn(b"0\r\n\r\n", client.received)
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     @inlineCallbacks
     def test_raiseAfterOutputContentLength(self) -> Iterator[Any]:
@@ -383,25 +392,11 @@ class _FailureTests(Served):
         With a Content-Length, an exception after output leaves the body
         short: the client can tell the response is incomplete.
         """
-
-        def app(environ: Dict[str, Any], start_response: Any) -> Any:
-            start_response("200 OK", [TEXT, ("Content-Length", "100")])
-
-            def body() -> Iterator[bytes]:
-                yield b"partial"
-                raise ValueError("mid-body")
-
-            return body()
-
-        server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(raw_request("/", close=False))
-        yield client.wait_closed()
+        client, reason = yield self.fail_after_output([TEXT, ("Content-Length", "100")], raw_request("/", close=False))
         [response] = parse_response(client.received)
         self.assertEqual(response.framing, "content-length")
         self.assertFalse(response.complete)
         self.assertEqual(response.body, b"partial")
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     @inlineCallbacks
     def test_raiseAfterOutputCloseDelimited(self) -> Iterator[Any]:
@@ -410,22 +405,8 @@ class _FailureTests(Served):
         client, no Content-Length), an exception after output resets the
         connection: a clean close would pass for a complete body.
         """
-
-        def app(environ: Dict[str, Any], start_response: Any) -> Any:
-            start_response("200 OK", [TEXT])
-
-            def body() -> Iterator[bytes]:
-                yield b"partial"
-                raise ValueError("mid-body")
-
-            return body()
-
-        server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n")
-        reason = yield client.wait_closed()
+        client, reason = yield self.fail_after_output([TEXT], b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n")
         self.assertEqual(reason, "reset")
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class StartResponseTests(_StartResponseTests, TestCase):

@@ -13,13 +13,8 @@ C{test_streaming_backpressure}, HTTP/2 in C{test_streaming_http2}.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import re
-import sys
 import threading
 from tempfile import SpooledTemporaryFile
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, List
 
 from twisted.internet import reactor
@@ -33,6 +28,7 @@ from txawsgi.errors import BodyTooLarge, BodyTruncated, WouldBlock
 from txawsgi.input import HIGH_WATER, SPOOL
 from txawsgi.site import AWSGISite
 
+from ._extensions import load_example, run_example, spy_on_hashing
 from ._streaming import (
     Reporter,
     Upload,
@@ -44,16 +40,7 @@ from ._streaming import (
     post,
     start_pool,
 )
-from .support import (
-    PROJECT_ROOT,
-    ProcessHandle,
-    RawClient,
-    eventually,
-    listen,
-    parse_response,
-    project_env,
-    sleep,
-)
+from .support import RawClient, eventually, listen, parse_response, sleep
 
 #: How long "nothing happened" is watched for before it is believed.
 QUIET = 0.3
@@ -62,6 +49,22 @@ QUIET = 0.3
 def ok(start_response: Callable[..., Any], body: bytes) -> List[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+@inlineCallbacks
+def held_back(testcase: TestCase, server: Any, data: bytes, held: int, seen: List[Any]) -> Any:
+    """
+    Send C{data} but its last C{held} bytes; a while later C{seen} (what
+    the server side recorded) must still be empty; send the rest:
+    C{(client, response)}.
+    """
+    client = yield RawClient.connect(server)
+    client.send(data[:-held])
+    yield sleep(QUIET)
+    testcase.assertEqual(seen, [])
+    client.send(data[-held:])
+    [response] = yield client.wait_for_responses(1)
+    return client, response
 
 
 # ---------------------------------------------------------------------------
@@ -159,13 +162,8 @@ class DispatchTests(TestCase):
         """
         app = Upload()
         server = yield listen(self, Site(AWSGIResource(reactor, app, stream_input=True)))
-        client = yield RawClient.connect(server)
         body = pattern(30_000)
-        client.send(post(b"/p", body)[:-1000])
-        yield sleep(QUIET)
-        self.assertEqual(app.paths, [])
-        client.send(body[-1000:])
-        [response] = yield client.wait_for_responses(1)
+        client, response = yield held_back(self, server, post(b"/p", body), 1000, app.paths)
         self.assertEqual(response.body, digest(body))
         self.assertEqual(app.paths, ["/p"])
 
@@ -191,13 +189,8 @@ class DispatchTests(TestCase):
             return ok(start_response, hashlib.sha256(environ["wsgi.input"].read()).hexdigest().encode())
 
         server = yield listen(self, Site(AWSGIResource(reactor, plain, pool)))
-        client = yield RawClient.connect(server)
         body = pattern(100_000)
-        client.send(post(b"/", body)[:-1])
-        yield sleep(QUIET)
-        self.assertEqual(calls, [])
-        client.send(body[-1:])
-        [response] = yield client.wait_for_responses(1)
+        client, response = yield held_back(self, server, post(b"/", body), 1, calls)
         self.assertEqual(response.body, hashlib.sha256(body).hexdigest().encode())
 
     @inlineCallbacks
@@ -223,13 +216,8 @@ class DispatchTests(TestCase):
         root.putChild(b"awsgi", AWSGIResource(reactor, app, stream_input=True))
         server = yield listen(self, AWSGISite(root))
 
-        client = yield RawClient.connect(server)
         body = pattern(20_000)
-        client.send(post(b"/plain", body)[:-5000])
-        yield sleep(QUIET)
-        self.assertEqual(seen, [])
-        client.send(body[-5000:])
-        [response] = yield client.wait_for_responses(1)
+        client, response = yield held_back(self, server, post(b"/plain", body), 5000, seen)
         self.assertEqual(response.body, b"plain " + digest(body))
         self.assertEqual(seen, [body])
 
@@ -453,13 +441,8 @@ class SpooledInputTests(TestCase):
         """
         app, calls = self.spy()
         server = yield listen(self, awsgi_site(app))
-        client = yield RawClient.connect(server)
         body = pattern(50_000)
-        client.send(post(b"/", body)[:-1])
-        yield sleep(QUIET)
-        self.assertEqual(calls, [])
-        client.send(body[-1:])
-        [response] = yield client.wait_for_responses(1)
+        client, response = yield held_back(self, server, post(b"/", body), 1, calls)
         self.assertEqual(response.body, digest(body))
         self.assertIsInstance(calls[0]["input"], SpooledTemporaryFile)
         self.assertIs(calls[0]["rolled"], False)
@@ -471,12 +454,8 @@ class SpooledInputTests(TestCase):
         """
         app, calls = self.spy()
         server = yield listen(self, awsgi_site(app))
-        client = yield RawClient.connect(server)
-        client.send(chunked_head() + chunk(b"abc") + chunk(b"def"))
-        yield sleep(QUIET)
-        self.assertEqual(calls, [])
-        client.send(chunk(b""))
-        [response] = yield client.wait_for_responses(1)
+        data = chunked_head() + chunk(b"abc") + chunk(b"def") + chunk(b"")
+        client, response = yield held_back(self, server, data, len(chunk(b"")), calls)
         self.assertEqual(response.body, digest(b"abcdef"))
 
     @inlineCallbacks
@@ -886,6 +865,21 @@ class MaxBodyTests(TestCase):
         return d.addCallback(lambda server: (server, app))
 
     @inlineCallbacks
+    def past_the_limit(self, server: Any) -> Any:
+        """
+        Send a chunked body 10 kB at a time until it passes C{LIMIT}: it is
+        answered with 413 and C{Connection: close}; C{(client, response)}.
+        """
+        client = yield RawClient.connect(server)
+        client.send(chunked_head())
+        for i in range(self.LIMIT // 10_000 + 1):
+            client.send(chunk(b"a" * 10_000))
+        [response] = yield client.wait_for_responses(1)
+        self.assertEqual(response.code, 413)
+        self.assertEqual(response.header("connection"), "close")
+        return client, response
+
+    @inlineCallbacks
     def test_declared_too_large(self) -> Any:
         """
         A Content-Length over the limit gets 413 without the app being
@@ -913,15 +907,7 @@ class MaxBodyTests(TestCase):
         client is still sending; the connection closes afterwards.
         """
         server, app = yield self.serve(stream_input=True)
-        client = yield RawClient.connect(server)
-        client.send(chunked_head())
-        sent = 0
-        while sent <= self.LIMIT:
-            client.send(chunk(b"a" * 10_000))
-            sent += 10_000
-        [response] = yield client.wait_for_responses(1)
-        self.assertEqual(response.code, 413)
-        self.assertEqual(response.header("connection"), "close")
+        client, response = yield self.past_the_limit(server)
         self.assertLessEqual(app.received, self.LIMIT)
         self.assertEqual(app.ended, 0)
         [error] = app.errors
@@ -937,12 +923,7 @@ class MaxBodyTests(TestCase):
         called.
         """
         server, app = yield self.serve()
-        client = yield RawClient.connect(server)
-        client.send(chunked_head())
-        for i in range(11):
-            client.send(chunk(b"a" * 10_000))
-        [response] = yield client.wait_for_responses(1)
-        self.assertEqual(response.code, 413)
+        client, response = yield self.past_the_limit(server)
         yield client.wait_closed()
         self.assertEqual(app.paths, [])
 
@@ -965,12 +946,7 @@ class MaxBodyTests(TestCase):
             return ok(start_response, b"all read")
 
         server = yield listen(self, awsgi_site(app, pool, max_body=self.LIMIT))
-        client = yield RawClient.connect(server)
-        client.send(chunked_head())
-        for i in range(11):
-            client.send(chunk(b"a" * 10_000))
-        [response] = yield client.wait_for_responses(1)
-        self.assertEqual(response.code, 413)
+        client, response = yield self.past_the_limit(server)
         yield client.wait_closed()
         yield eventually(lambda: report.events)
         self.assertIsInstance(report.events[0], BodyTooLarge)
@@ -1113,15 +1089,6 @@ def _echo_digest(environ: Dict[str, Any], start_response: Callable[..., Any]) ->
 # ---------------------------------------------------------------------------
 
 
-def load_example() -> Any:
-    path = os.path.join(PROJECT_ROOT, "examples", "upload_hash.py")
-    spec = importlib.util.spec_from_file_location("upload_hash_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class UploadHashExampleTests(TestCase):
     """
     C{examples/upload_hash.py} hashes uploads as they stream and answers
@@ -1129,7 +1096,7 @@ class UploadHashExampleTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.example = load_example()
+        self.example = load_example("upload_hash")
 
     @inlineCallbacks
     def test_hashes_while_streaming(self) -> Any:
@@ -1139,21 +1106,7 @@ class UploadHashExampleTests(TestCase):
         answers before the client's next request on the same connection,
         and keeps the connection open for it.
         """
-        pieces: List[int] = []
-        real = hashlib.sha256
-
-        class Spy:
-            def __init__(self) -> None:
-                self._h = real()
-
-            def update(self, data: bytes) -> None:
-                pieces.append(len(data))
-                self._h.update(data)
-
-            def hexdigest(self) -> str:
-                return self._h.hexdigest()
-
-        self.patch(self.example, "hashlib", SimpleNamespace(sha256=Spy))
+        pieces = spy_on_hashing(self, self.example)
         server = yield listen(self, self.example.make_site(reactor))
         client = yield RawClient.connect(server)
         body = pattern(300_000)
@@ -1196,11 +1149,7 @@ class UploadHashExampleTests(TestCase):
         """
         C{python examples/upload_hash.py 0} serves the app on a free port.
         """
-        proc = ProcessHandle.start(
-            self, [sys.executable, os.path.join(PROJECT_ROOT, "examples", "upload_hash.py"), "0"], env=project_env()
-        )
-        output = yield proc.wait_for_output(re.compile(rb"listening on http://127\.0\.0\.1:(\d+)/").search, timeout=20)
-        port = int(output.group(1))
+        proc, port = yield Deferred.fromCoroutine(run_example(self, "upload_hash"))
         client = yield RawClient.connect(("127.0.0.1", port), testcase=self)
         client.send(post(b"/", b"from a script"))
         [response] = yield client.wait_for_responses(1)

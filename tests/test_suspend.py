@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from txawsgi import AWSGIResource
 from txawsgi.errors import ExtensionMisuse
 
-from ._extensions import QUIET, Middleware, get, hello_while, load_example, run_example, with_hello
+from ._extensions import QUIET, Middleware, fetch, get, hello_while, load_example, run_example, with_hello
 from ._streaming import start_pool
 from .support import RawClient, eventually, listen, sleep
 
@@ -125,9 +125,7 @@ class SuspendTests(TestCase):
         """
         app = Recorder(timeout=0.05)
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.body, b"resumed 0\n")
         [(_, _, _, took)] = app.resumed
         self.assertGreaterEqual(took, 0.04)
@@ -259,9 +257,7 @@ class MisuseTests(TestCase):
             yield b""
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 500)
         self.assertIn("called again before the application yielded", raised[0])
         self.assertEqual(len(self.flushLoggedErrors(ExtensionMisuse)), 1)
@@ -274,9 +270,7 @@ class MisuseTests(TestCase):
             yield b"not suspended"
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual(response.code, 500)
         [error] = self.flushLoggedErrors(ExtensionMisuse)
         self.assertIn("Suspender: the application must yield b''", str(error.value))
@@ -295,9 +289,7 @@ class MisuseTests(TestCase):
             yield b"fine"
 
         server = yield self.serve(app)
-        client = yield RawClient.connect(server)
-        client.send(get())
-        [response] = yield client.wait_for_responses(1)
+        response = yield fetch(server)
         self.assertEqual((response.code, response.body), (200, b"fine"))
         self.assertEqual(raised, ["ValueError", "ValueError"])
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
-from typing import List, Set
+from typing import Dict, List, Set, Tuple
 
+from twisted.internet.defer import gatherResults
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -18,15 +20,25 @@ from txawsgi.workers import cpu_count, parse_workers
 
 from ._production import APP, json_body, parse, temp_dir, twistd_awsgi
 from .support import (
+    PROJECT_ROOT,
     ProcessHandle,
     RawClient,
     curl_available,
     eventually,
     free_port,
+    project_env,
     request,
     run_curl,
     sleep,
+    twistd_argv,
 )
+
+#: A whole line of twistd's log: timestamp, system, text.  A continuation
+#: line (of a traceback) starts with a tab.
+LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^\]\n]+\] |\t")
+
+#: A request line of Twisted's request log, written by worker C{name}.
+ACCESS = rb'(?m)^\S+ \[(?P<name>worker-\d+)\] \[[^\]]+\] "127\.0\.0\.1" - - \[[^\]]+\] "GET %s HTTP/1\.1" 200 '
 
 
 def alive(pid: int) -> bool:
@@ -60,6 +72,45 @@ class OptionTests(SynchronousTestCase):
         self.assertIn("cannot be shared by worker processes", str(e))
 
 
+class AcceptTests(TestCase):
+    """
+    A worker accepts one connection per wakeup, so the workers woken by new
+    connections share them out.
+    """
+
+    async def test_onePerWakeup(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        from txawsgi.listeners import InheritedEndpoint
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        accepted: List[Protocol] = []
+
+        class Record(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        endpoint = InheritedEndpoint(reactor, os.dup(sock.fileno()), socket.AF_INET, "tcp:0", False)
+        port = await endpoint.listen(Factory.forProtocol(Record))
+        self.addCleanup(port.stopListening)
+        port.stopReading()  # this test plays the reactor
+        clients = []
+        for _ in range(3):
+            client = socket.create_connection(sock.getsockname())
+            self.addCleanup(client.close)
+            clients.append(client)
+        sock.close()
+        port.doRead()
+        self.assertEqual(len(accepted), 1)
+        port.doRead()
+        self.assertEqual(len(accepted), 2)
+        for protocol in accepted:
+            protocol.transport.abortConnection()
+
+
 class WorkerTests(TestCase):
     timeout = 60
 
@@ -89,6 +140,156 @@ class WorkerTests(TestCase):
 
     def worker_pids(self, proc: ProcessHandle) -> List[int]:
         return [int(p) for p in re.findall(rb"worker-\d+ started \(pid (\d+)\)", proc.output)]
+
+    def worker_names(self, log: bytes) -> Dict[int, bytes]:
+        """
+        The name of each worker process, by pid, from the supervisor's log.
+        """
+        return {
+            int(pid): name for name, pid in re.findall(rb"(worker-\d+) started \(pid (\d+)\)", log)
+        }
+
+    async def both_serve(self, tag: str, block: str = "0.8") -> Tuple[int, int]:
+        """
+        Make each worker answer a request: C{/block?BLOCK} blocks one for
+        BLOCK seconds, C{/pid?TAG} is answered by the other meanwhile.
+
+        @return: the pids that answered them, in that order.
+        """
+        blocked = request(self.base + f"/block?{block}")
+        await sleep(0.3)
+        response = await request(self.base + f"/pid?{tag}")
+        other = int(response.body)
+        busy = int((await blocked).body)
+        self.assertNotEqual(busy, other)
+        return busy, other
+
+    async def connect_while_blocked(self, via: "RawClient | None") -> List[RawClient]:
+        """
+        Block a worker for a second (through C{via}, a connection to it, or
+        any worker), and meanwhile open 4 connections: the other worker
+        accepts them all.  Each has answered one request.
+        """
+        if via is None:
+            via = await RawClient.connect(("127.0.0.1", self.port), testcase=self)
+            sent = 0
+        else:
+            sent = len(await via.wait_for_responses(1))
+        via.send(b"GET /block?1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sleep(0.3)
+        clients = []
+        for _ in range(4):
+            client = await RawClient.connect(("127.0.0.1", self.port), testcase=self)
+            client.send(b"GET /pid?probe HTTP/1.1\r\nHost: x\r\n\r\n")
+            await client.wait_for_responses(1)
+            clients.append(client)
+        blocked = int((await via.wait_for_responses(sent + 1, timeout=10))[-1].body)
+        pids = {int((await c.wait_for_responses(1))[0].body) for c in clients}
+        self.assertEqual(len(pids), 1)
+        self.assertNotIn(blocked, pids)
+        return clients
+
+    def assertWholeLines(self, log: bytes) -> None:
+        """
+        Every line of C{log} is a whole line of twistd's format (none cut
+        or run into by another process's).
+        """
+        for line in log.splitlines():
+            self.assertTrue(LOG_LINE.match(line), line)
+
+    def assertServedBy(self, log: bytes, path: str, name: bytes) -> None:
+        """
+        The request log line of C{GET path} is in C{log}, once, written by
+        worker C{name}.
+        """
+        found = re.findall(ACCESS % re.escape(path.encode()), log)
+        self.assertEqual(found, [name], log[-3000:])
+
+    async def test_workersWriteTheirOwnLines(self) -> None:
+        """
+        Each worker writes its log lines, Twisted's request log included,
+        to the supervisor's standard output itself (not relayed by the
+        supervisor): whole lines in twistd's format, tagged with the name
+        of the worker, also when both write many long lines at once.
+        """
+        proc = self.start("--workers", "2")
+        await self.ready(proc, 2)
+        busy, other = await self.both_serve("first")
+        pattern = ACCESS % rb"/pid\?first"
+        await proc.wait_for_output(lambda out: re.search(pattern, out))
+        names = self.worker_names(proc.output)
+        self.assertServedBy(proc.output, "/block?0.8", names[busy])
+        self.assertServedBy(proc.output, "/pid?first", names[other])
+        self.assertNotIn(b"ProcessMonitor", proc.output)
+
+        # Lines of 3 kB, from 2 workers at once, through a pipe: 4
+        # connections to each worker (opened while the other one is
+        # blocked), 10 requests on each.
+        agent = "x" * 3000
+        first = await self.connect_while_blocked(None)
+        second = await self.connect_while_blocked(first[0])
+        clients = first + second
+        for client in clients:
+            for _ in range(10):
+                client.send(b"GET /pid?many HTTP/1.1\r\nHost: x\r\nUser-Agent: %s\r\n\r\n" % agent.encode())
+        answers = await gatherResults([c.wait_for_responses(11, timeout=20) for c in clients])
+        pids = [{int(r.body) for r in responses[1:]} for responses in answers]
+        one, two = pids[0], pids[4]
+        self.assertEqual(pids, [one] * 4 + [two] * 4)
+        self.assertEqual(one | two, {busy, other})
+        many = re.compile(rb'"GET /pid\?many HTTP/1\.1" 200 \d+ "-" "%s"$' % agent.encode(), re.M)
+        await proc.wait_for_output(lambda out: len(many.findall(out)) == 80, timeout=20)
+        proc.signal("TERM")
+        await proc.wait_exit(timeout=15)
+        self.assertWholeLines(proc.out)
+        self.assertIn(b"Stopping 2 worker(s)", proc.out)
+
+    async def test_logFileRotation(self) -> None:
+        """
+        With C{--logfile}, workers write to the file too, and after the
+        supervisor rotates it (C{SIGUSR1}) they go on in the new file, where
+        no process writes over another's lines.
+        """
+        directory = temp_dir(self)
+        path = os.path.join(directory, "twistd.log")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        argv = twistd_argv(
+            "-n", "--pidfile=", f"--logfile={path}", "awsgi", "--app", APP,
+            "-l", f"tcp:{self.port}:interface=127.0.0.1", "--workers", "2",
+        )  # fmt: skip
+        proc = ProcessHandle.start(self, argv, env=project_env(), path=PROJECT_ROOT)
+
+        def log(suffix: str = "") -> bytes:
+            try:
+                with open(path + suffix, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return b""
+
+        def has(pattern: bytes, suffix: str = "") -> bool:
+            return re.search(pattern, log(suffix)) is not None
+
+        await eventually(lambda: len(re.findall(rb"\(worker-\d+, in the", log())) == 2, timeout=20)
+        names = self.worker_names(log())
+        before = await self.both_serve("before")
+        await eventually(lambda: has(ACCESS % rb"/pid\?before"))
+        proc.signal(signal.SIGUSR1)  # type: ignore[arg-type]
+        await eventually(lambda: os.path.exists(path + ".1"))
+        await sleep(1.1)  # workers look for a rotation at most once a second
+        after = await self.both_serve("after", "0.81")
+        await eventually(lambda: has(ACCESS % rb"/pid\?after"))
+        proc.signal("TERM")
+        await proc.wait_exit(timeout=15)
+        old, new = log(".1"), log()
+        self.assertServedBy(old, "/block?0.8", names[before[0]])
+        self.assertServedBy(old, "/pid?before", names[before[1]])
+        self.assertServedBy(new, "/block?0.81", names[after[0]])
+        self.assertServedBy(new, "/pid?after", names[after[1]])
+        self.assertIn(b"Stopping 2 worker(s)", new)
+        self.assertWholeLines(old)
+        self.assertWholeLines(new)
+        self.assertEqual(proc.output, b"")
 
     async def test_workers(self) -> None:
         """

@@ -27,14 +27,22 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from txawsgi.linelog import FLUSH_DELAY, LineWriter
 from txawsgi.states import Machine, State, edges
 
-__all__ = ["AccessLog", "AccessLogService", "CLIENT_CLOSED", "combined_line", "escape"]
+__all__ = [
+    "AccessLog",
+    "AccessLogService",
+    "CLIENT_CLOSED",
+    "combined_line",
+    "combined_record",
+    "escape",
+]
 
 #: The status logged for a request whose client left before any response.
 CLIENT_CLOSED = 499
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 
 _ESCAPES = {i: "\\x%02X" % i for i in range(256) if i < 0x20 or i >= 0x7F}
 _ESCAPES[ord('"')] = "\\x22"
@@ -54,12 +62,23 @@ def escape(value: Optional[bytes]) -> str:
     return "".join(_ESCAPES.get(byte) or chr(byte) for byte in value)
 
 
-def _timestamp(when: float) -> str:
-    local = time.localtime(when)
+def _escaped(value: Optional[bytes]) -> bytes:
+    """
+    L{escape}, as bytes (printable values, the usual case, as they are).
+    """
+    if not value:
+        return b"-"
+    if not value.translate(None, _PLAIN):
+        return value
+    return escape(value).encode("ascii")
+
+
+def _format_timestamp(second: int) -> bytes:
+    local = time.localtime(second)
     offset = local.tm_gmtoff or 0
-    sign = "-" if offset < 0 else "+"
-    offset = abs(offset) // 60
-    return "[%02d/%s/%04d:%02d:%02d:%02d %s%02d%02d]" % (
+    sign = b"-" if offset < 0 else b"+"
+    minutes = abs(offset) // 60
+    return b"[%02d/%s/%04d:%02d:%02d:%02d %s%02d%02d]" % (
         local.tm_mday,
         _MONTHS[local.tm_mon - 1],
         local.tm_year,
@@ -67,8 +86,51 @@ def _timestamp(when: float) -> str:
         local.tm_min,
         local.tm_sec,
         sign,
-        offset // 60,
-        offset % 60,
+        minutes // 60,
+        minutes % 60,
+    )
+
+
+#: The last second formatted, and its text: the lines of one second share it.
+_last_stamp: tuple[int, bytes] = (-1, b"")
+
+
+def _timestamp(when: float) -> bytes:
+    global _last_stamp
+    second = int(when // 1)
+    cached, text = _last_stamp
+    if second != cached:
+        text = _format_timestamp(second)
+        _last_stamp = (second, text)
+    return text
+
+
+def combined_record(request: Request, *, when: float, aborted: bool) -> bytes:
+    """
+    The combined-format line for C{request}, as ASCII bytes ending in a
+    newline.
+
+    @param when: when the request was received (seconds since the epoch).
+    @param aborted: the connection was lost before the response ended.
+    """
+    client = request.getClientAddress()
+    host = client.host if isinstance(client, (IPv4Address, IPv6Address)) else "-"
+    if request.startedWriting:
+        status = request.code
+    else:
+        status = CLIENT_CLOSED if aborted else request.code
+    headers = request.requestHeaders
+    referer = headers.getRawHeaders(b"referer")
+    agent = headers.getRawHeaders(b"user-agent")
+    sent = request.sentLength
+    return b'%s - - %s "%s" %d %s "%s" "%s"\n' % (
+        host.encode("ascii", "backslashreplace"),
+        _timestamp(when),
+        _escaped(b"%s %s %s" % (request.method, request.uri, request.clientproto)),
+        status,
+        b"%d" % sent if sent else b"-",
+        _escaped(referer[0]) if referer else b"-",
+        _escaped(agent[0]) if agent else b"-",
     )
 
 
@@ -79,25 +141,7 @@ def combined_line(request: Request, *, when: float, aborted: bool) -> str:
     @param when: when the request was received (seconds since the epoch).
     @param aborted: the connection was lost before the response ended.
     """
-    client = request.getClientAddress()
-    host = client.host if isinstance(client, (IPv4Address, IPv6Address)) else "-"
-    line = b"%s %s %s" % (request.method, request.uri, request.clientproto)
-    if request.startedWriting:
-        status = request.code
-    else:
-        status = CLIENT_CLOSED if aborted else request.code
-    headers = request.requestHeaders
-    referer = headers.getRawHeaders(b"referer", [None])[0]
-    agent = headers.getRawHeaders(b"user-agent", [None])[0]
-    return '%s - - %s "%s" %d %s "%s" "%s"' % (
-        host,
-        _timestamp(when),
-        escape(line),
-        status,
-        request.sentLength or "-",
-        escape(referer),
-        escape(agent),
-    )
+    return combined_record(request, when=when, aborted=aborted)[:-1].decode("ascii")
 
 
 class Sink(State):
@@ -116,21 +160,31 @@ class AccessLog:
     """
     Append access log lines to a file, to standard output, or to an
     inherited file descriptor (a worker process writing to its supervisor's
-    log file).  Each line is one C{write()} to a descriptor opened with
-    C{O_APPEND}, so processes sharing the file never interleave within a
-    line.
+    log file).
+
+    Lines are buffered for a moment (L{txawsgi.linelog}) and written in
+    whole-line chunks to a descriptor opened with C{O_APPEND}, so processes
+    sharing the file never interleave within a line; L{close} (when the
+    server has stopped) writes what is left.
 
     @ivar destination: C{"-"} for standard output, else a path.
     """
 
     _log = Logger()
 
-    def __init__(self, destination: str = "-", *, fd: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        destination: str = "-",
+        *,
+        fd: Optional[int] = None,
+        reactor: Any = None,
+        delay: Optional[float] = FLUSH_DELAY,
+    ) -> None:
         self.destination = destination
         self._inherited = fd
-        self._fd: Optional[int] = None
-        self._owned = False
-        self._failed = False
+        self._reactor = reactor
+        self._delay = delay
+        self._writer: Optional[LineWriter] = None
         self._sink = Machine(Sink.CLOSED, _SINK_EDGES)
 
     @property
@@ -138,7 +192,7 @@ class AccessLog:
         """
         The descriptor lines go to, while open (to hand to workers).
         """
-        return self._fd
+        return self._writer.fd if self._writer is not None else None
 
     def open(self) -> None:
         """
@@ -149,52 +203,58 @@ class AccessLog:
         if self._sink.state is Sink.OPEN:
             return
         if self._inherited is not None:
-            self._fd, self._owned = self._inherited, True
+            fd, owned = self._inherited, True
         elif self.destination == "-":
-            self._fd, self._owned = 1, False
+            fd, owned = 1, False
         else:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            self._fd, self._owned = os.open(self.destination, flags, 0o644), True
-        self._failed = False
+            fd, owned = os.open(self.destination, flags, 0o644), True
+        self._writer = LineWriter(
+            fd, reactor=self._reactor, delay=self._delay, on_error=self._failed, owned=owned
+        )
         self._sink.to(Sink.OPEN)
 
+    def _failed(self, error: OSError) -> None:
+        self._log.error(
+            "Cannot write the access log {destination}: {error}",
+            destination=self.destination,
+            error=error,
+        )
+
     def close(self) -> None:
+        """
+        Write the lines still buffered, and close.
+        """
         if self._sink.state is Sink.CLOSED:
             return
-        fd, self._fd = self._fd, None
-        if self._owned and fd is not None:
-            os.close(fd)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self._sink.to(Sink.CLOSED)
+
+    def flush(self) -> None:
+        """
+        Write the lines buffered so far now.
+        """
+        if self._writer is not None:
+            self._writer.flush()
 
     def write(self, line: str) -> None:
         """
         Append one line.  A failing destination (disk full, closed pipe) is
         reported once in the server log, and lines are dropped meanwhile.
         """
-        fd = self._fd
-        if fd is None:
-            return
-        data = (line + "\n").encode("ascii", "backslashreplace")
-        try:
-            while data:
-                written = os.write(fd, data)
-                data = data[written:]
-        except OSError as e:
-            if not self._failed:
-                self._failed = True
-                self._log.error(
-                    "Cannot write the access log {destination}: {error}",
-                    destination=self.destination,
-                    error=e,
-                )
-        else:
-            self._failed = False
+        writer = self._writer
+        if writer is not None:
+            writer.write((line + "\n").encode("ascii", "backslashreplace"))
 
     def log(self, request: Any, *, when: float, aborted: bool) -> None:
         """
         Log C{request}, whose response has ended (or was cut short).
         """
-        self.write(combined_line(request, when=when, aborted=aborted))
+        writer = self._writer
+        if writer is not None:
+            writer.write(combined_record(request, when=when, aborted=aborted))
 
 
 class AccessLogService(Service):

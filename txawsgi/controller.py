@@ -10,14 +10,13 @@ it, even when middleware wraps the controller.
 
 from __future__ import annotations
 
-from collections import deque
 from enum import auto
-from threading import Lock
-from typing import Any, Callable, Optional
+from threading import Lock, get_ident
+from typing import Any, Callable, Optional, Protocol
 
 from twisted.logger import Logger
+from twisted.python import threadable
 from twisted.python.failure import Failure
-from twisted.python.threadable import isInIOThread
 from zope.interface import implementer
 
 from txawsgi.errors import (
@@ -58,19 +57,64 @@ _OUTPUT_EDGES = edges(
 )
 
 
-class Hooks:
+class ControllerHooks(Protocol):
     """
-    What a controller needs from its exchange: kept narrow so the controller
-    never reaches into the engine or the response.
+    What a controller needs from its exchange, kept narrow: the exchange's
+    L{txawsgi.engine.Engine} provides it, so a controller costs no adapter
+    object and no bound methods.  The engine forgets its controller when it
+    ends, so the controller may keep it without a reference cycle.
     """
 
-    __slots__ = ("reactor", "wake", "paused", "crash")
+    @property
+    def reactor(self) -> Any:
+        """
+        The reactor the exchange runs in.
+        """
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether the transport has asked the response to stop producing.
+        """
+
+    def wake(self) -> None:
+        """
+        Resume iteration: the controller has something for the engine.
+        """
+
+    def crash(self, reason: Failure) -> None:
+        """
+        Fail the exchange as if the application had raised C{reason}.
+        """
+
+    def deliver(self, source: Any, data: bytes) -> bool:
+        """
+        Write C{data} now if that is what pulling it would do (see
+        L{txawsgi.engine.Engine.deliver}); C{False} to have it queued.
+        Reactor thread only.
+        """
+
+
+class Hooks:
+    """
+    L{ControllerHooks} made of separate callables, for a controller driven
+    by something other than an engine.
+    """
+
+    __slots__ = ("reactor", "wake", "_paused", "crash")
 
     def __init__(self, reactor: Any, wake: Callable[[], None], paused: Callable[[], bool], crash: Callable[[Failure], None]) -> None:
         self.reactor = reactor
         self.wake = wake
-        self.paused = paused
+        self._paused = paused
         self.crash = crash
+
+    @property
+    def paused(self) -> bool:
+        return self._paused()
+
+    def deliver(self, source: Any, data: bytes) -> bool:
+        return False  # always through the queue
 
 
 @implementer(IController, IWakeSource)
@@ -96,23 +140,32 @@ class Controller:
         "_reason",
         "_shutdown",
         "_shutting_down",
+        "_pending",
+        "_busy",
     )
 
-    def __init__(self, hooks: Hooks, environ: dict[str, Any], body: IRequestBody) -> None:
+    def __init__(self, hooks: ControllerHooks, environ: dict[str, Any], body: IRequestBody) -> None:
+        # The queue and the callback lists are made on first use: a held
+        # long-poll that never puts costs none of them.
         self._hooks = hooks
-        self._environ = environ
+        self._environ: Optional[dict[str, Any]] = environ
         self._body = body
         self._lock = Lock()
-        self._queue: deque[bytes] = deque()
+        self._queue: Optional[list[bytes]] = None
         self._queued = 0
         self._output = Machine(Output.OPEN, _OUTPUT_EDGES)
         self._finish_called = False
         self._get_pending = False
-        self._drain: list[Callable[[], Any]] = []
-        self._close: list[Callable[[Optional[BaseException]], Any]] = []
+        self._drain: Optional[list[Callable[[], Any]]] = None
+        self._close: Optional[list[Callable[[Optional[BaseException]], Any]]] = None
         self._reason: Optional[BaseException] = None
-        self._shutdown: list[Callable[[], Any]] = []
+        self._shutdown: Optional[list[Callable[[], Any]]] = None
         self._shutting_down = False
+        #: Puts made in other threads, on their way to the reactor.
+        self._pending = 0
+        #: A put() of the reactor thread is writing, or drain callbacks are
+        #: running: a transport resuming meanwhile runs none of them now.
+        self._busy = False
 
     # -- helpers -----------------------------------------------------------
 
@@ -120,7 +173,7 @@ class Controller:
         """
         Run C{f} now if this is the reactor thread, else hop there.
         """
-        if isInIOThread():
+        if get_ident() == threadable.ioThread:
             f(*args)
         else:
             self._hooks.reactor.callFromThread(f, *args)
@@ -129,7 +182,7 @@ class Controller:
         """
         Call an app callback later, from the reactor, never re-entrantly.
         """
-        if isInIOThread():
+        if get_ident() == threadable.ioThread:
             self._hooks.reactor.callLater(0, self._call_app, f, *args)
         else:
             self._hooks.reactor.callFromThread(self._call_app, f, *args)
@@ -150,7 +203,7 @@ class Controller:
 
     @property
     def writable(self) -> bool:
-        return self._queued < HIGH_WATER and not self._hooks.paused() and self._output.state is not Output.CLOSED
+        return self._queued < HIGH_WATER and not self._hooks.paused and self._output.state is not Output.CLOSED
 
     @property
     def closed(self) -> bool:
@@ -161,6 +214,11 @@ class Controller:
             raise InvalidBody(f"put() takes bytes, not {type(data).__name__}")
         if self._finish_called:
             raise AlreadyFinished("put() after finish()")
+        if get_ident() == threadable.ioThread:
+            if data and self._output.state is Output.OPEN:
+                self._put_here(data)
+            # After the exchange ended the bytes were dropped: say so (False).
+            return self.writable
         # Counted here, not when the reactor queues the bytes: a producer in
         # another thread must see its own puts at once, or it could put
         # without limit before the reactor catches up.
@@ -168,32 +226,83 @@ class Controller:
             queued = self._queued
             if self._output.state is not Output.CLOSED:
                 self._queued = queued + len(data)
+            if data:
+                self._pending += 1
         if data:
-            self._in_reactor(self._put, data)
-        # After the exchange ended the bytes were dropped: say so (False).
+            self._hooks.reactor.callFromThread(self._put, data)
         return (
             queued + len(data) < HIGH_WATER
-            and not self._hooks.paused()
+            and not self._hooks.paused
             and self._output.state is not Output.CLOSED
         )
 
-    def _put(self, data: bytes) -> None:
+    def _put_here(self, data: bytes) -> None:
+        """
+        A put in the reactor thread: straight to the response when the
+        engine sleeps on an empty queue (no reactor turn per chunk), else
+        queued for the engine; behind puts of other threads still on their
+        way, so it cannot overtake them.
+        """
+        if self._pending:
+            with self._lock:
+                self._queued += len(data)
+                self._pending += 1
+            self._hooks.reactor.callFromThread(self._put, data)
+            return
+        if not self._queue:
+            busy, self._busy = self._busy, True
+            try:
+                if self._hooks.deliver(self, data):
+                    return
+            finally:
+                self._busy = busy
         with self._lock:
+            self._queued += len(data)
+        self._enqueue(data)
+
+    def _put(self, data: bytes) -> None:
+        """
+        A put from another thread reaches the reactor (in put order: the
+        thread-call queue is first in, first out).
+        """
+        with self._lock:
+            self._pending -= 1
             state = self._output.state
             if state is not Output.OPEN:
                 if state is not Output.CLOSED:
                     self._queued -= len(data)
                 return
-            self._queue.append(data)
+            direct = not self._queue
+        if direct and self._hooks.deliver(self, data):
+            with self._lock:
+                self._queued -= len(data)
+            if self._drain:
+                self.check_drain()
+            return
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        """
+        Queue C{data} for the engine and wake it.
+        """
+        with self._lock:
+            queue = self._queue
+            if queue is None:
+                self._queue = [data]
+            else:
+                queue.append(data)
         self._hooks.wake()
 
     def finish(self) -> None:
         if self._finish_called:
             raise AlreadyFinished("finish() called twice")
         self._finish_called = True
-        # Always through the reactor's thread-call queue, even from the
-        # reactor thread: puts that other threads made before this call wait
-        # in that queue, and must not be dropped by an end applied first.
+        if get_ident() == threadable.ioThread and not self._pending:
+            self._finish()
+            return
+        # Through the reactor's thread-call queue: puts that other threads
+        # made before this call wait in that queue, and must not be dropped
+        # by an end applied first.
         self._hooks.reactor.callFromThread(self._finish)
 
     def _finish(self) -> None:
@@ -208,12 +317,12 @@ class Controller:
         queue = self._queue
         if queue:
             with self._lock:
-                data = queue.popleft() if len(queue) == 1 else b"".join(queue)
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
                 queue.clear()
                 # Bytes put from another thread may be counted, not queued yet.
                 self._queued -= len(data)
             if self._drain:
-                self._in_reactor(self.check_drain)
+                self._in_reactor(self._check_drain_soon)
             return data
         if self._output.state is Output.OPEN:
             return b""
@@ -225,16 +334,39 @@ class Controller:
     def _on_drain(self, callback: Callable[[], Any]) -> None:
         if self._output.state is Output.CLOSED:
             return
-        self._drain.append(callback)
-        self.check_drain()
+        if self._drain is None:
+            self._drain = [callback]
+        else:
+            self._drain.append(callback)
+        self._check_drain_soon()
 
     def check_drain(self) -> None:
         """
-        Call the drain callbacks if the controller is writable again; the
-        exchange calls this when the transport resumes.
+        Call the drain callbacks now if the controller is writable again:
+        the transport resumed (the engine calls this), so the application
+        refills it at once, as a pull producer would, not a reactor turn
+        later.  Never inside the application's own C{put()}, nor inside
+        another drain callback.
         """
         if self._drain and self.writable:
-            callbacks, self._drain = self._drain, []
+            if self._busy:
+                self._check_drain_soon()
+                return
+            callbacks, self._drain = self._drain, None
+            self._busy = True
+            try:
+                for callback in callbacks:
+                    self._call_app(self._drained, callback)
+            finally:
+                self._busy = False
+
+    def _check_drain_soon(self) -> None:
+        """
+        L{check_drain} for calls that the application may be inside of:
+        the callbacks run from the reactor, later.
+        """
+        if self._drain and self.writable:
+            callbacks, self._drain = self._drain, None
             for callback in callbacks:
                 self._soon(self._drained, callback)
 
@@ -263,7 +395,8 @@ class Controller:
             raise ValueError(f"on_get() length must be a positive int, not {length!r}")
         if self._get_pending:
             raise GetPending("on_get() called again before its callback ran")
-        if self._environ.get("wsgi.input") is not self._body.file:
+        environ = self._environ  # dropped when the exchange ends
+        if environ is not None and environ.get("wsgi.input") is not self._body.file:
             raise InputReplaced("on_get() refused: middleware replaced wsgi.input")
         self._get_pending = True
         self._in_reactor(self._body.request, length, self._make_got(callback), self._make_lost(errback))
@@ -299,7 +432,10 @@ class Controller:
         if self._shutting_down:
             self._soon(self._shutdown_callback, callback)
         else:
-            self._shutdown.append(callback)
+            if self._shutdown is None:
+                self._shutdown = [callback]
+            else:
+                self._shutdown.append(callback)
 
     def server_shutting_down(self) -> None:
         """
@@ -309,8 +445,8 @@ class Controller:
         if self._shutting_down:
             return
         self._shutting_down = True
-        callbacks, self._shutdown = self._shutdown, []
-        for callback in callbacks:
+        callbacks, self._shutdown = self._shutdown, None
+        for callback in callbacks or ():
             self._soon(self._shutdown_callback, callback)
 
     def _shutdown_callback(self, callback: Callable[[], Any]) -> None:
@@ -326,7 +462,10 @@ class Controller:
         if self._output.state is Output.CLOSED:
             self._soon(callback, self._reason)
         else:
-            self._close.append(callback)
+            if self._close is None:
+                self._close = [callback]
+            else:
+                self._close.append(callback)
 
     def exchange_ended(self, reason: Optional[BaseException]) -> None:
         """
@@ -338,24 +477,32 @@ class Controller:
         self._output.to(Output.CLOSED)
         self._reason = reason
         with self._lock:
-            self._queue.clear()
-            self._queued = 0
-        self._drain = []
-        self._shutdown = []
-        callbacks, self._close = self._close, []
-        for callback in callbacks:
+            self._drop_queue()
+        # The environ holds this exchange's controller factory: keeping it
+        # would make a reference cycle.  A closed controller needs it no more.
+        self._environ = None
+        self._drain = None
+        self._shutdown = None
+        callbacks, self._close = self._close, None
+        for callback in callbacks or ():
             try:
                 callback(reason)
             except Exception:
                 self._log.failure("Error in a controller on_close callback")
+
+    def _drop_queue(self) -> None:
+        # Emptied in place: a pull in another thread may hold the list.
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.clear()
+        self._queued = 0
 
     def close(self) -> None:
         """
         PEP 3333 C{close()}: the server is done with this iterable.
         """
         with self._lock:
-            self._queue.clear()
-            self._queued = 0
+            self._drop_queue()
 
 
-__all__ = ["Controller", "Hooks", "HIGH_WATER", "BodyTruncated", "ClientDisconnected"]
+__all__ = ["Controller", "ControllerHooks", "Hooks", "HIGH_WATER", "BodyTruncated", "ClientDisconnected"]

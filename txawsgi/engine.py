@@ -132,6 +132,7 @@ class Engine:
         "_sleeping",
         "_unpaused",
         "_first",
+        "_parked",
         "_cancel",
         "_waiting_on",
         "sources",
@@ -143,12 +144,14 @@ class Engine:
         reactor: IReactorTime,
         cooperator: Cooperator,
         response: Response,
-        ended: Callable[[Run], None],
+        ended: Optional[Callable[[Run], None]],
         runner: IRunner = ReactorRunner(),
     ) -> None:
         """
         @param ended: called once with the final L{Run} state, after the
-            response is finished or failed and before the iterable is closed.
+            response is finished or failed and before the iterable is closed
+            (then forgotten, with the wake sources: an ended engine keeps no
+            reference back to its exchange).
         @param runner: where the iterable's C{__next__} and C{close} run:
             inline in the reactor thread (the default), in a threadpool, or
             in greenlets.
@@ -169,6 +172,7 @@ class Engine:
         self._sleeping: Optional[Deferred[None]] = None
         self._unpaused: Optional[Deferred[None]] = None
         self._first: Optional[Deferred[Any]] = None
+        self._parked = False
         self._cancel: Optional[Failure] = None
         self._waiting_on: Any = None
         self.sources: list[Any] = []
@@ -177,6 +181,13 @@ class Engine:
     @property
     def state(self) -> Run:
         return self._run.state
+
+    @property
+    def reactor(self) -> IReactorTime:
+        """
+        The reactor this engine runs in (for L{ControllerHooks}).
+        """
+        return self._reactor
 
     @property
     def paused(self) -> bool:
@@ -207,16 +218,25 @@ class Engine:
         except Exception:
             self._fail(Failure())
             return
+        waiting: Optional[Deferred[Any]] = None
         for _ in range(EAGER_STEPS):
             try:
                 waiting = self.__next__()
             except StopIteration:
                 return
             if waiting is not None:
-                self._first = waiting
                 break
+        if waiting is not None and waiting is self._sleeping:
+            # Asleep already (a long-poll): parked until woken
+            # (L{_resume_sleeper}), with no cooperator task, no Deferred
+            # callbacks and no producer registration (Twisted adds two
+            # attributes to the request for it) while it is held.
+            self._sleeping = None
+            self._parked = True
+            return
         # Outlived the eager steps: follow the transport's pace from now on.
         self._response.attach(self)
+        self._first = waiting
         self._cooperator.cooperate(self)
 
     def _write_all(self, chunks: "list[bytes] | tuple[bytes, ...]") -> None:
@@ -262,7 +282,7 @@ class Engine:
             return self._unpaused
         self._run.to(Run.PULLING)
         if not self._runner.inline:
-            pulled = self._runner.call(self._pull)
+            pulled = self._runner.call(self._pull, owner=self)
             pulled.addCallbacks(self._handle, self._handle_failure)
             return pulled
         try:
@@ -362,6 +382,8 @@ class Engine:
         An extension suspended the application on C{source}: its next chunk
         must be C{b''}, and only C{source} (through L{wake}) resumes it.
         """
+        if self._run.state in FINAL:
+            return  # nothing will iterate again: keep no reference
         self._armed = source
         if source not in self.sources:
             self.sources.append(source)
@@ -384,6 +406,36 @@ class Engine:
         elif state is Run.RUNNING or state is Run.PULLING:
             self._woken = True
 
+    def deliver(self, source: Any, data: bytes) -> bool:
+        """
+        Write C{data}, which the wake source C{source} has for the response,
+        now: what waking the engine to pull it would do, minus the reactor
+        turns.  Only when that is exactly the same: C{source} is the iterable
+        itself (no middleware to see the chunk), the engine sleeps waiting
+        for it, the transport accepts data and the response takes the bytes
+        whole.  Reactor thread only.
+
+        @return: whether C{data} was taken; if not, queue it and L{wake}.
+        """
+        if self._parked:
+            # About to write: follow the transport's pace (see start()).
+            self._response.attach(self)
+        if (
+            self._run.state is not Run.WAITING
+            or self._iterable is not source
+            or self._waiting_on is not None
+            or self._flow.state is Flow.PAUSED
+            or not self._response.accepts(len(data))
+        ):
+            return False
+        try:
+            self._response.write(data)
+        except Exception:
+            # Not expected (accepts() said yes); end as the engine would,
+            # but not inside the caller (the application's put()).
+            self._reactor.callLater(0, self.crash, Failure())
+        return True
+
     def _resume_sleeper(self) -> None:
         self._waiting_on = None
         timer, self._timer = self._timer, None
@@ -392,6 +444,10 @@ class Engine:
         sleeping, self._sleeping = self._sleeping, None
         if sleeping is not None:
             sleeping.callback(None)
+        elif self._parked:
+            self._parked = False
+            self._response.attach(self)
+            self._cooperator.cooperate(self)
 
     # -- IPushProducer -------------------------------------------------------
 
@@ -435,6 +491,8 @@ class Engine:
         state = self._run.state
         if state in FINAL or state is Run.CANCELLING:
             return
+        # A greenlet still waiting (in the call or a pull) gets ClientDisconnected.
+        self._runner.interrupt(self)
         if state is Run.PULLING:
             self._run.to(Run.CANCELLING)
             self._release_writer()
@@ -468,9 +526,7 @@ class Engine:
     def _abort_now(self) -> None:
         self._run.to(Run.ABORTED)
         self._response.abort()
-        self._release()
-        self._ended(Run.ABORTED)
-        self._close()
+        self._end(Run.ABORTED)
 
     def _complete(self) -> None:
         try:
@@ -488,15 +544,23 @@ class Engine:
 
     def _end(self, final: Run) -> None:
         self._release()
-        self._ended(final)
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended(final)
         self._close()
 
     def _release(self) -> None:
         """
-        Wake whatever the cooperator waits on, so the task ends.
+        Wake whatever the cooperator waits on, so the task ends (a parked
+        engine has no task), and forget the wake sources: they hold this
+        engine (to wake it), and nothing wakes an ended one.
         """
+        self._parked = False
         self._resume_sleeper()
         self._release_writer()
+        self._armed = None
+        self.sources.clear()
+        self.resumed = None
 
     def _release_writer(self) -> None:
         """

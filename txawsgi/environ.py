@@ -22,6 +22,10 @@ _DEFAULT_PORT = {"http": "80", "https": "443"}
 
 #: Cache of header name -> environ key; header names repeat across requests.
 _keys: dict[bytes, str | None] = {}
+_UNSEEN: Any = object()
+
+#: Cache of Host header -> (name, port): hosts repeat too.
+_HOSTS: dict[str, tuple[str, str | None]] = {}
 
 
 def _environ_key(name: bytes) -> str | None:
@@ -86,6 +90,32 @@ def _address(address: object) -> tuple[str, str]:
     return "", ""
 
 
+class _LastAddress:
+    """
+    The last address seen and its (host, port) strings: a connection's
+    requests share their address objects (see
+    L{txawsgi.site.AWSGIChannel.getPeer}), so most requests skip the split.
+    One tuple, so a reader never sees an address with another's strings.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[object, tuple[str, str]] = (None, ("", ""))
+
+    def split(self, address: object) -> tuple[str, str]:
+        last = self._last
+        if last[0] is address:
+            return last[1]
+        split = _address(address)
+        self._last = (address, split)
+        return split
+
+
+_CLIENT = _LastAddress()
+_LOCAL = _LastAddress()
+
+
 def build_environ(
     request: Request,
     *,
@@ -111,7 +141,7 @@ def build_environ(
     prepath = request.prepath
     postpath = request.postpath
     uri: str = request.uri.decode("latin-1")
-    path, sep, query = uri.partition("?")
+    query = uri.partition("?")[2]
     scheme = "https" if request.isSecure() else "http"
 
     shared = (multithread, multiprocess, file_wrapper)
@@ -128,35 +158,41 @@ def build_environ(
         if len(_BASES) < 64:
             _BASES[shared] = base
     environ: dict[str, Any] = base.copy()
-    environ["REQUEST_METHOD"] = _text(request.method)
+    method = request.method
+    environ["REQUEST_METHOD"] = _TEXT.get(method) or _text(method)
     environ["SCRIPT_NAME"] = ("/" + b"/".join(prepath).decode("latin-1")) if prepath else ""
     environ["PATH_INFO"] = ("/" + b"/".join(postpath).decode("latin-1")) if postpath else ""
     environ["QUERY_STRING"] = query
     environ["REQUEST_URI"] = environ["RAW_URI"] = uri
-    environ["SERVER_PROTOCOL"] = _text(request.clientproto)
+    protocol = request.clientproto
+    environ["SERVER_PROTOCOL"] = _TEXT.get(protocol) or _text(protocol)
     environ["wsgi.url_scheme"] = scheme
     environ["wsgi.input"] = input
     environ["wsgi.errors"] = errors
 
+    keys = _keys
     for name, values in request.requestHeaders.getAllRawHeaders():
-        key = _environ_key(name)
+        key = keys.get(name, _UNSEEN)
+        if key is _UNSEEN:
+            key = _environ_key(name)
         if key is None:
             continue
         if len(values) == 1:
-            value = values[0].decode("latin-1")
+            environ[key] = values[0].decode("latin-1")
         else:
             separator = _SEPARATOR.get(name.lower(), ", ")
-            value = separator.join(v.decode("latin-1") for v in values)
-        environ[key] = value
+            environ[key] = separator.join(v.decode("latin-1") for v in values)
 
-    remote_addr, remote_port = _address(request.getClientAddress())
-    environ["REMOTE_ADDR"] = remote_addr
-    environ["REMOTE_PORT"] = remote_port
-
-    local_host, local_port = _address(request.getHost())
+    environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = _CLIENT.split(request.getClientAddress())
+    local_host, local_port = _LOCAL.split(request.getHost())
     host_header = environ.get("HTTP_HOST")
     if host_header:
-        server_name, host_port = _host_and_port(host_header)
+        split = _HOSTS.get(host_header)
+        if split is None:
+            split = _host_and_port(host_header)
+            if len(_HOSTS) < 256:
+                _HOSTS[host_header] = split
+        server_name, host_port = split
     else:
         server_name, host_port = local_host, None
     environ["SERVER_NAME"] = server_name or "localhost"

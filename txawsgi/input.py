@@ -8,6 +8,8 @@ controller's C{on_get} only talk to an L{IRequestBody}.
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from enum import auto
 from tempfile import SpooledTemporaryFile
 from threading import Condition
@@ -23,8 +25,10 @@ from txawsgi.interfaces import IRequestBody
 from txawsgi.runners import IRunner, ReactorRunner
 from txawsgi.states import Machine, State, edges
 
-#: Unread bytes at which a streamed body stops reading the connection.
-HIGH_WATER = 64 * 1024
+#: Unread bytes at which a streamed body stops reading the connection:
+#: above one socket read (Twisted reads 64 KiB at a time), so an application
+#: that keeps up never pauses reading (two system calls each time).
+HIGH_WATER = 128 * 1024
 
 #: Bytes of a spooled body kept in memory before it moves to a temp file.
 SPOOL = 1024 * 1024
@@ -61,6 +65,79 @@ class BufferedBody:
 
     def close(self) -> None:
         pass
+
+
+class _Pieces:
+    """
+    Received bytes not read yet, kept as the pieces they arrived in: a read
+    of what one piece holds takes that piece itself, copying nothing (a
+    bytearray would copy every byte in and out again).
+    """
+
+    __slots__ = ("_pieces", "_offset", "_size")
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes] = deque()
+        #: Bytes of the first piece already taken.
+        self._offset = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._size += len(data)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self._offset = 0
+        self._size = 0
+
+    def find(self, sub: bytes) -> int:
+        """
+        Where the byte C{sub} first is, from the start of what is unread, or
+        -1.
+        """
+        start = self._offset
+        position = -start
+        for piece in self._pieces:
+            found = piece.find(sub, start)
+            if found >= 0:
+                return position + found
+            position += len(piece)
+            start = 0
+        return -1
+
+    def take(self, length: int) -> bytes:
+        """
+        Remove and return the first C{length} bytes (all for a negative
+        length, or fewer if fewer are here).
+        """
+        size = self._size
+        if length < 0 or length > size:
+            length = size
+        pieces = self._pieces
+        parts: list[bytes] = []
+        offset = self._offset
+        left = length
+        while left:
+            piece = pieces[0]
+            available = len(piece) - offset
+            if available <= left:
+                parts.append(piece[offset:] if offset else piece)
+                pieces.popleft()
+                offset = 0
+                left -= available
+            else:
+                parts.append(piece[offset : offset + left])
+                offset += left
+                left = 0
+        self._offset = offset
+        self._size = size - length
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
 
 
 class Body(State):
@@ -170,14 +247,28 @@ class StreamingBody:
         self._high_water = high_water
         self._overflow = overflow
         self._machine = Machine(Body.OPEN, _BODY_EDGES)
-        self._buffer = bytearray()
+        self._buffer = _Pieces()
         self._lock = Condition()
         self._pending: Optional[tuple[int, Callable[[bytes], Any], Callable[[BaseException], Any]]] = None
         self._reading = True
         self._asked = False
         self._reason: Optional[BaseException] = None
         self.received = 0
-        self.file = StreamingInput(self)
+        self._file: Optional[weakref.ref[StreamingInput]] = None
+
+    @property
+    def file(self) -> "StreamingInput":
+        """
+        C{wsgi.input}.  The input holds the body, and the body only a weak
+        reference to it (no reference cycle): the one whoever reads it keeps
+        alive, made on first use.
+        """
+        ref = self._file
+        file = ref() if ref is not None else None
+        if file is None:
+            file = StreamingInput(self)
+            self._file = weakref.ref(file)
+        return file
 
     @property
     def state(self) -> Body:
@@ -200,8 +291,10 @@ class StreamingBody:
             self._truncate(reason)
             self._overflow(reason)
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         with self._lock:
-            self._buffer += data
+            self._buffer.append(data)
             self._notify()
         if self._pending is not None:
             self._schedule()
@@ -310,13 +403,7 @@ class StreamingBody:
         buffer under the high-water mark.  Any thread.
         """
         with self._lock:
-            buffer = self._buffer
-            if length < 0 or length >= len(buffer):
-                data = bytes(buffer)
-                buffer.clear()
-            else:
-                data = bytes(buffer[:length])
-                del buffer[:length]
+            data = self._buffer.take(length)
         if data and not self._reading:
             _in_reactor(self._reactor, self._regulate)
         return data
@@ -328,6 +415,12 @@ class StreamingBody:
             self._buffer.clear()
             self._pending = None
             self._notify()
+        # It calls the exchange, which holds this body.
+        self._overflow = _ignore
+
+
+def _ignore(reason: BaseException) -> None:
+    pass
 
 
 def _in_reactor(reactor: Any, f: Callable[[], Any]) -> None:
@@ -345,7 +438,7 @@ class StreamingInput:
     server or return a short read.
     """
 
-    __slots__ = ("_body",)
+    __slots__ = ("_body", "__weakref__")
 
     def __init__(self, body: StreamingBody) -> None:
         self._body = body
@@ -500,6 +593,13 @@ class SpooledBody:
         self._buffered.request(length, callback, errback)
 
     def close(self) -> None:
-        if self._machine.state is not Body.CLOSED:
+        state = self._machine.state
+        if state is Body.OPEN:
+            # It will never fire now: drop what waits on it (the exchange's
+            # call of the application, which holds this body).
+            self._complete = Deferred()
+        if state is not Body.CLOSED:
             self._machine.to(Body.CLOSED)
         self.file.close()
+        # It calls the exchange, which holds this body.
+        self._overflow = _ignore

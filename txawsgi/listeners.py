@@ -149,7 +149,34 @@ def bind(reactor: Any, description: str) -> HeldSocket:
     return HeldSocket(port.fileno(), port.addressFamily, description, kind == "ssl", port)
 
 
-class _SharedUNIXPort(unix.Port):
+#: Connections a worker accepts per wakeup: the workers woken together
+#: take turns, so a burst of connections is shared out rather than taken
+#: by the first to wake (Twisted accepts up to 100 at a time).
+ACCEPTS_PER_WAKEUP = 1
+
+
+class _Sharing:
+    """
+    A listening port that accepts L{ACCEPTS_PER_WAKEUP} connections at a
+    time (Twisted's ports adjust C{numberAccepts} themselves: ignored).
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        return ACCEPTS_PER_WAKEUP
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
+
+
+class _SharedTCPPort(_Sharing, tcp.Port):
+    """
+    A TCP listening socket adopted from the supervisor.
+    """
+
+
+class _SharedUNIXPort(_Sharing, unix.Port):
     """
     A UNIX listening socket adopted from the supervisor, which owns its file:
     stopping it neither removes the file nor changes its mode.
@@ -192,7 +219,8 @@ class InheritedEndpoint:
             if self.family == socket.AF_UNIX:
                 port = self._adopt_unix(factory)
             else:
-                port = self._reactor.adoptStreamPort(self.fd, self.family, factory)
+                port = _SharedTCPPort._fromListeningDescriptor(self._reactor, self.fd, self.family, factory)
+                port.startListening()
             os.close(self.fd)
         except BaseException:
             return fail()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from txawsgi.errors import (
@@ -30,6 +31,7 @@ from txawsgi.errors import (
     StartResponseError,
 )
 from txawsgi.states import Machine, State, edges
+from txawsgi.wire import DIRECT, fields_of, header_key, send_head
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -51,7 +53,11 @@ HOP_BY_HOP = frozenset(
 )
 
 #: Headers Twisted sets before the app runs; the app's own replace them.
-_SERVER_DEFAULTS = frozenset({"date", "server"})
+_SERVER_DEFAULTS = frozenset({b"Date", b"Server"})
+
+#: A plain Twisted request's C{write}: L{send_head} does its first call's
+#: work in one transport write.  (An L{AWSGIRequest} calls it itself.)
+_TWISTED_WRITE = Request.write
 
 ERROR_BODY = b"Internal Server Error\n"
 TOO_LARGE_BODY = b"Request Entity Too Large\n"
@@ -150,7 +156,8 @@ def _check_header(item: Any) -> tuple[bytes, bytes]:
         raise HopByHopHeader(f"hop-by-hop header {name!r} is for the server to set")
     if lower == "status":
         raise InvalidHeader("'Status' is not a response header; pass it as the status")
-    pair = raw_name, raw_value.strip(b" \t")
+    # Named as Twisted's Headers name it (its canonical capitalisation).
+    pair = header_key(raw_name), raw_value.strip(b" \t")
     if len(_HEADERS) < _CACHE_SIZE:
         _HEADERS[item] = pair
     return pair
@@ -160,7 +167,8 @@ def check_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     """
     Validate PEP 3333 response headers.
 
-    @return: the headers encoded as latin-1 byte pairs.
+    @return: the headers encoded as latin-1 byte pairs, names in Twisted's
+        canonical capitalisation.
     @raise InvalidHeader: for anything but a list of C{(str, str)} tuples
         with token names and values free of control characters.
     @raise HopByHopHeader: for connection-level headers.
@@ -186,7 +194,7 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> Optional[int]:
     """
     found = None
     for name, value in headers:
-        if name.lower() == b"content-length":
+        if name == b"Content-Length":
             if found is not None or not value.isdigit():
                 raise InvalidHeader(f"invalid or repeated Content-Length: {value!r}")
             found = int(value)
@@ -197,8 +205,10 @@ class Response:
     """
     The response of one exchange.
 
-    @ivar app_write: the C{write} callable C{start_response} returns; the
-        exchange sets it (a thread-safe one in threadpool mode).
+    @ivar app_write: the C{write} callable C{start_response} returns, if
+        not L{write}; the exchange sets it (a thread-safe one in threadpool
+        mode).  L{None} by default: C{self.write} kept here would be a
+        reference cycle.
     @ivar sent: body bytes handed to the transport.
     @ivar overflowed: the app sent more than its Content-Length; the excess
         was dropped and iteration should stop.
@@ -227,7 +237,7 @@ class Response:
         self._headers: list[tuple[bytes, bytes]] = []
         self._remaining: Optional[int] = None
         self._producer: Any = None
-        self.app_write: Callable[[bytes], None] = self.write
+        self.app_write: Optional[Callable[[bytes], None]] = None
         self.sent = 0
         self.overflowed = False
 
@@ -262,7 +272,7 @@ class Response:
             # application may finish normally, and its iterable be closed.
             check_status(status)
             check_headers(headers)
-            return self.app_write
+            return self.app_write or self.write
         elif state is not Phase.PENDING:
             raise StartResponseError("start_response() called a second time without exc_info")
         code, reason = check_status(status)
@@ -270,7 +280,7 @@ class Response:
         remaining = _declared_length(encoded)
         self._code, self._reason, self._headers, self._remaining = code, reason, encoded, remaining
         self._machine.to(Phase.STARTED)
-        return self.app_write
+        return self.app_write or self.write
 
     def attach(self, producer: Any) -> None:
         """
@@ -293,12 +303,38 @@ class Response:
         request = self._request
         request.setResponseCode(self._code, self._reason)
         response_headers = request.responseHeaders
-        for name, value in self._headers:
-            if name.lower().decode("ascii") in _SERVER_DEFAULTS and response_headers.hasHeader(name):
-                response_headers.removeHeader(name)
-        for name, value in self._headers:
-            response_headers.addRawHeader(name, value)
+        headers = self._headers
+        if DIRECT and type(response_headers) is Headers:
+            # Validated and named by check_headers: no need for Twisted's
+            # per-value encoding and sanitising.
+            fields = fields_of(response_headers)
+            for name, value in headers:
+                if name in _SERVER_DEFAULTS:
+                    fields.pop(name, None)
+            for name, value in headers:
+                values = fields.get(name)
+                if values is None:
+                    fields[name] = [value]
+                else:
+                    values.append(value)
+        else:
+            for name, value in headers:
+                if name.lower() in (b"date", b"server") and response_headers.hasHeader(name):
+                    response_headers.removeHeader(name)
+            for name, value in headers:
+                response_headers.addRawHeader(name, value)
         self._machine.to(Phase.SENDING)
+
+    def accepts(self, size: int) -> bool:
+        """
+        Whether C{write()} of C{size} bytes would just send them: output
+        has started (the headers are gone, so an error can no longer become
+        a 500) and they fit the declared Content-Length.
+        """
+        if self._machine.state is not Phase.SENDING:
+            return False
+        remaining = self._remaining
+        return remaining is None or size <= remaining
 
     def write(self, data: bytes) -> None:
         """
@@ -335,7 +371,10 @@ class Response:
             if not data:
                 return
         self.sent += len(data)
-        self._request.write(data)
+        request = self._request
+        if type(request).write is _TWISTED_WRITE and not request.startedWriting and send_head(request, data):
+            return
+        request.write(data)
 
     def finish(self) -> None:
         """

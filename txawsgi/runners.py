@@ -8,6 +8,11 @@ application performs (a C{wsgi.input} read, the C{write()} callable) wait
 through the runner's L{waiter}: a worker thread blocks, a greenlet switches
 back to the reactor, the reactor thread itself may not wait at all.  One
 engine, three ways to run.
+
+When the client leaves, the engine tells the runner (L{IRunner.interrupt}):
+a greenlet still waiting then gets L{ClientDisconnected} from its wait, so
+the application unwinds instead of staying parked on something that may
+never fire.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from twisted.python.threadable import isInIOThread
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Attribute, Interface, implementer
 
-from txawsgi.errors import WouldBlock
+from txawsgi.errors import ClientDisconnected, WouldBlock
 
 
 class IRunner(Interface):
@@ -32,10 +37,21 @@ class IRunner(Interface):
     inline = Attribute("Whether call() returns the value itself, not a Deferred.")
     multithread = Attribute("The environ's wsgi.multithread for this runner.")
 
-    def call(f: Callable[..., Any], *args: Any) -> Any:
+    def call(f: Callable[..., Any], *args: Any, owner: Any = None) -> Any:
         """
         Run C{f(*args)}: an inline runner returns its value (or raises); the
         others return a L{Deferred}.
+
+        @param owner: what the call is done for (the exchange's engine), so
+            that L{interrupt} can find it; L{None}: never interrupted.
+        """
+
+    def interrupt(owner: Any) -> None:
+        """
+        The client of C{owner}'s exchange left: a wait in a call made for
+        C{owner} that is still waiting once what the departure itself
+        released has run (a truncated body's readers, a released C{write()})
+        raises L{ClientDisconnected}, if the runner can interrupt it.
         """
 
     def wait(make: Callable[[], Optional[Deferred[Any]]]) -> Any:
@@ -65,8 +81,13 @@ class ReactorRunner:
     inline = True
     multithread = False
 
-    def call(self, f: Callable[..., Any], *args: Any) -> Any:
+    def call(self, f: Callable[..., Any], *args: Any, owner: Any = None) -> Any:
         return f(*args)
+
+    def interrupt(self, owner: Any) -> None:
+        """
+        Nothing waits in the reactor thread.
+        """
 
     def wait(self, make: Callable[[], Optional[Deferred[Any]]]) -> Any:
         waiting = make()
@@ -93,8 +114,14 @@ class ThreadRunner:
         self._reactor = reactor
         self.pool = pool
 
-    def call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def call(self, f: Callable[..., Any], *args: Any, owner: Any = None) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self.pool, f, *args)
+
+    def interrupt(self, owner: Any) -> None:
+        """
+        A blocked worker cannot be interrupted: the body and the engine
+        release what waits on them, a wait on another L{Deferred} lasts.
+        """
 
     def wait(self, make: Callable[[], Optional[Deferred[Any]]]) -> Any:
         if isInIOThread():
@@ -122,19 +149,38 @@ class GreenletRunner:
     awaited L{Deferred} fires.  So an unmodified application that reads its
     upload with C{wsgi.input.read()} and writes with C{write()} suspends only
     itself.  Needs the C{greenlet} package (C{pip install txawsgi[greenlet]}).
+
+    A greenlet whose client left is not left waiting: L{interrupt} resumes
+    it with L{ClientDisconnected}, and what it waited on no longer matters.
     """
 
     inline = False
     multithread = False
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any = None) -> None:
+        """
+        @param reactor: schedules interruptions (default: the global one).
+        """
         from greenlet import greenlet, getcurrent
 
         self._greenlet = greenlet
         self._getcurrent = getcurrent
-        self._ours: "set[Any]" = set()
+        self._reactor = reactor
+        # Live greenlets and their owners; each owner's latest call (an
+        # exchange makes its calls one after the other).
+        self._ours: dict[Any, Any] = {}
+        self._owned: dict[Any, Any] = {}
+        # Each waiting greenlet: what it waits on, and its call's result.
+        self._parked: dict[Any, tuple[Deferred[Any], Deferred[Any]]] = {}
 
-    def call(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    @property
+    def parked(self) -> int:
+        """
+        How many greenlets are waiting.
+        """
+        return len(self._parked)
+
+    def call(self, f: Callable[..., Any], *args: Any, owner: Any = None) -> Deferred[Any]:
         result: Deferred[Any] = Deferred()
 
         def body() -> tuple[bool, Any]:
@@ -145,7 +191,9 @@ class GreenletRunner:
 
         child = self._greenlet(body)
         child.txawsgi_runner = self
-        self._ours.add(child)
+        self._ours[child] = owner
+        if owner is not None:
+            self._owned[owner] = child
         self._resume(child, result, ())
         return result
 
@@ -156,7 +204,9 @@ class GreenletRunner:
         child.parent = self._getcurrent()
         out = child.switch(*args)
         if child.dead:
-            self._ours.discard(child)
+            owner = self._ours.pop(child)
+            if owner is not None and self._owned.get(owner) is child:
+                del self._owned[owner]
             ok, value = out
             if ok:
                 result.callback(value)
@@ -164,7 +214,39 @@ class GreenletRunner:
                 result.errback(value)
             return
         waiting: Deferred[Any] = out
-        waiting.addBoth(lambda outcome: self._resume(child, result, (outcome,)))
+        self._parked[child] = (waiting, result)
+        waiting.addBoth(self._fired, child, waiting)
+
+    def _fired(self, outcome: Any, child: Any, waiting: Deferred[Any]) -> None:
+        """
+        What C{child} waits on fired: resume it, unless it was interrupted
+        meanwhile (it waits on something else now, or has ended).
+        """
+        parked = self._parked.get(child)
+        if parked is not None and parked[0] is waiting:
+            del self._parked[child]
+            self._resume(child, parked[1], (outcome,))
+
+    def interrupt(self, owner: Any) -> None:
+        """
+        Two reactor turns from now, if C{owner}'s latest call still waits,
+        resume it with L{ClientDisconnected}.  Not at once: never inside the
+        engine's or the connection's code, and wakes the departure has
+        already scheduled (a truncated body's readers get the more precise
+        L{BodyTruncated}) go first.
+        """
+        if owner not in self._owned:
+            return  # nothing runs for it (and close() calls have no owner)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.callLater(0, reactor.callLater, 0, self._interrupt_now, owner)
+
+    def _interrupt_now(self, owner: Any) -> None:
+        child = self._owned.get(owner)
+        parked = None if child is None else self._parked.pop(child, None)
+        if parked is not None:
+            self._resume(child, parked[1], (Failure(ClientDisconnected("the client went away")),))
 
     def wait(self, make: Callable[[], Optional[Deferred[Any]]]) -> Any:
         current = self._getcurrent()

@@ -71,12 +71,21 @@ class ServerChannel(AWSGIChannel):
     _head_timer: Optional[IDelayedCall] = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._head_timer is None and not self.requests and not self._lingering:
+        super().dataReceived(data)
+        # A head begun but not complete once this data is read (its first
+        # byte came now, or with earlier data, then with the timer already
+        # set): time it.  Most heads arrive whole, and need no timer.
+        if (
+            self._head_timer is None
+            and self.line_mode
+            and (self._head is not None or self._buffer)
+            and not self._lingering
+            and not self._refused
+        ):
             timeouts = getattr(self.site, "timeouts", None)
             limit = timeouts.header if timeouts is not None else None
             if limit:
                 self._head_timer = self.callLater(limit, self._head_timed_out)
-        super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._cancel_head_timer()

@@ -14,18 +14,29 @@ Twisted's HTTP/2 code does not expose the request head before the body.
 
 from __future__ import annotations
 
+import copy
+from io import BytesIO
 from typing import Any, Optional, cast
 
 from twisted.internet.interfaces import IHalfCloseableDescriptor, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols import basic
 from twisted.python.failure import Failure
-from twisted.web import http, server
-from twisted.web.http import parse_qs
+from twisted.web import http, resource as _resource, server
+from twisted.web.http import (  # (not through the module: a deprecation proxy)
+    _ChunkedTransferDecoder,
+    _IdentityTransferDecoder,
+    datetimeToString,
+    parse_qs,
+    unquote,
+)
+from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from txawsgi.input import Body, IBodyFlow, IBodySink
 from txawsgi.interfaces import IAWSGIResource
+from txawsgi.wire import DIRECT, fields_of, http_date, parse_plain_head, send_head, set_fields
 from txawsgi.limits import (
     DEFAULT_LIMITS,
     ChunkedDecoder,
@@ -44,6 +55,17 @@ try:
     from twisted.web.http import _GenericHTTPChannelProtocol
 except ImportError:  # pragma: no cover - a Twisted that moved it
     _GenericHTTPChannelProtocol = None  # type: ignore[misc,assignment]
+
+#: Whether the channel may take plain heads whole and skip Twisted's
+#: per-request steps that change nothing for them (see L{txawsgi.wire});
+#: needs the HTTPChannel internals it stands in for.
+_FAST = (
+    DIRECT
+    and hasattr(http.HTTPChannel, "_HTTPChannel__first_line")
+    and hasattr(http.HTTPChannel, "_finishRequestBody")
+)
+
+_SERVER_VERSION: bytes = server.version
 
 #: How long a connection the server closes (after a response that ends it,
 #: one that ended before its request body did, a refusal, a timeout) keeps
@@ -82,7 +104,8 @@ class _Valve:
         self.hold("channel")
 
     def resumeProducing(self) -> None:
-        self.release("channel")
+        if self._reasons:
+            self.release("channel")
 
     def stopProducing(self) -> None:
         self._producer.stopProducing()
@@ -122,7 +145,7 @@ class AWSGIRequest(server.Request):
         self.path = path
         self.site = self.channel.site
         self.prepath = []
-        self.postpath = list(map(http.unquote, path[1:].split(b"/")))
+        self.postpath = list(map(unquote, path[1:].split(b"/")))
         try:
             resource = self.site.getResourceFor(self)
         except Exception:
@@ -132,8 +155,8 @@ class AWSGIRequest(server.Request):
             return False
         self.args = parse_qs(query, 1) if query else {}
         self.dispatched_at_headers = True
-        self.setHeader(b"Server", server.version)
-        self.setHeader(b"Date", http.datetimeToString())
+        self.setHeader(b"Server", _SERVER_VERSION)
+        self.setHeader(b"Date", datetimeToString())
         try:
             self.render(resource)
         except Exception:
@@ -146,13 +169,58 @@ class AWSGIRequest(server.Request):
         elif self.body_sink is not None:
             self.body_sink.feed(data)
 
+    def gotLength(self, length: Optional[int]) -> None:
+        if length == 0 and getattr(getattr(self.channel, "site", None), "getContentFile", None) is None:
+            # What Twisted would pick, without its AttributeError.
+            self.content = BytesIO()
+            return
+        super().gotLength(length)
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self.dispatched_at_headers:
-            super().requestReceived(command, path, version)
+            content = self.content
+            if not _FAST or content is None or content.tell():
+                super().requestReceived(command, path, version)
+                return
+            # No body: nothing for Twisted to rewind or parse as a form.
+            self.method, self.uri, self.clientproto = command, path, version
+            self.path, query_mark, query = path.partition(b"?")
+            self.args = parse_qs(query, 1) if query_mark else {}
+            self.process()
             return
         self._body_complete = True
         if self.body_sink is not None:
             self.body_sink.end()
+
+    def process(self) -> None:
+        """
+        Twisted's C{process}, with the default C{Server} and C{Date} headers
+        put straight into the response headers (the date formatted once a
+        second) and paths without C{%} left as they are.
+        """
+        if not _FAST:
+            super().process()
+            return
+        site = self.site = self.channel.site
+        fields = fields_of(self.responseHeaders)
+        fields[b"Server"] = [_SERVER_VERSION]
+        fields[b"Date"] = [http_date()]
+        self.prepath = []
+        path = self.path
+        segments = path[1:].split(b"/")
+        self.postpath = list(map(unquote, segments)) if b"%" in path else segments
+        if path == b"*":
+            self._handleStar()
+            return
+        try:
+            found = site.getResourceFor(self)
+            if _resource._IEncodingResource.providedBy(found):
+                encoder = found.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(found)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def connectionLost(self, reason: Failure) -> None:
         if self.dispatched_at_headers and not self._body_complete and self.body_sink is not None:
@@ -168,7 +236,8 @@ class AWSGIRequest(server.Request):
             # reuse it.
             self.channel.persistent = False
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        super().write(data)
+        if self.startedWriting or not send_head(self, data):
+            super().write(data)
 
     def _ends_before_body(self) -> bool:
         """
@@ -187,7 +256,41 @@ class AWSGIRequest(server.Request):
             # be parsed as a request.  Let the client read the response, then
             # close.
             self.channel.linger_after(self)
-        super().finish()
+        if (
+            not _FAST
+            or self._encoder is not None
+            or self.finished
+            or self._disconnected
+            or self.queued
+            or self.producer is not None
+        ):
+            super().finish()
+            return
+        # Twisted's finish, in one frame rather than four: end a chunked
+        # body, log, hand the channel its next request, release the body
+        # file, fire notifyFinish.
+        if not self.startedWriting:
+            self.write(b"")
+        channel = self.channel
+        if self.chunked:
+            channel.write(b"0\r\n\r\n")
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        channel.requestDone(self)
+        del self.channel
+        content = self.content
+        if content is not None:
+            try:
+                content.close()
+            except OSError:
+                pass
+            del self.content
+        if self.notifications:
+            for finished in self.notifications:
+                finished.callback(None)
+            self.notifications = []
 
     # -- IBodyFlow ------------------------------------------------------------
 
@@ -247,7 +350,8 @@ class AWSGIChannel(http.HTTPChannel):
     # -- request-head hardening (txawsgi.limits) -------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+        if not self._whole_head_received(data):
+            super().dataReceived(data)
         # A line still without its end may already be over its limit.
         if self._refused or not self.line_mode or self.paused:
             return
@@ -264,6 +368,8 @@ class AWSGIChannel(http.HTTPChannel):
         if self._refused:
             return
         head = self._head
+        if head is None and line and _FAST and self.persistent and self._plain_head(line):
+            return
         try:
             if head is None:
                 if line and self.persistent:
@@ -284,6 +390,76 @@ class AWSGIChannel(http.HTTPChannel):
             self.refuse(refused)
             return
         super().lineReceived(line)
+
+    def _whole_head_received(self, data: bytes) -> bool:
+        """
+        The common case, without C{LineReceiver}'s loop: C{data} starts a
+        request and holds its whole head, which is plain.  Take it (as
+        L{_plain_head} does) and return C{True}; anything that followed it
+        is then read as C{LineReceiver} would.  Otherwise change nothing and
+        return C{False}.
+        """
+        if not (
+            _FAST
+            and self.line_mode
+            and not self._busyReceiving
+            and not self._buffer
+            and self._head is None
+            and self.persistent
+            and not self._refused
+            and not self.paused
+        ):
+            return False
+        end = data.find(b"\r\n")
+        if end <= 0:
+            return False
+        self.resetTimeout()
+        self._busyReceiving = True
+        try:
+            self._buffer = data[end + 2 :]
+            if not self._plain_head(data[:end]):
+                self._buffer = b""
+                return False
+        finally:
+            self._busyReceiving = False
+        transport = self.transport
+        if self._buffer and not (transport is not None and transport.disconnecting):
+            basic.LineReceiver.dataReceived(self, b"")
+        return True
+
+    def _plain_head(self, line: bytes) -> bool:
+        """
+        Take a request head whole, if it is complete in the buffer after its
+        request line C{line} and plain (L{parse_plain_head}): the state
+        Twisted's parser would reach line by line, in one step.  Return
+        whether it did.
+        """
+        buffered = self._buffer
+        parsed = parse_plain_head(line, buffered, self.limits)
+        if parsed is None:
+            return False
+        command, target, version, fields, length, used = parsed
+        self._buffer = buffered[used:]
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._command, self._path, self._version = command, target, version
+        set_fields(request.requestHeaders, fields)
+        if length:
+            self.length = length
+            self._transferDecoder = _IdentityTransferDecoder(
+                length, request.handleContentChunk, self._finishRequestBody
+            )
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+        return True
 
     def lineLengthExceeded(self, line: bytes) -> None:
         limits = self.limits
@@ -330,6 +506,28 @@ class AWSGIChannel(http.HTTPChannel):
         self.persistent = False
         self.loseConnection()
 
+    _peer_address: Any = None
+    _local_address: Any = None
+
+    def getPeer(self) -> Any:
+        """
+        The peer's address, asked of the transport once per connection (each
+        request records it; transports build a new address object per call).
+        """
+        peer = self._peer_address
+        if peer is None:
+            peer = self._peer_address = self.transport.getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        """
+        This end's address, asked of the transport once per connection.
+        """
+        host = self._local_address
+        if host is None:
+            host = self._local_address = self.transport.getHost()
+        return host
+
     _secure: Optional[bool] = None
 
     def isSecure(self) -> bool:
@@ -350,9 +548,11 @@ class AWSGIChannel(http.HTTPChannel):
             # the request's host, whatever Host says.
             request.requestHeaders.setRawHeaders(b"Host", [authority])
         decoder = self._transferDecoder
-        if isinstance(decoder, http._ChunkedTransferDecoder):
+        if isinstance(decoder, _ChunkedTransferDecoder):
             self._transferDecoder = ChunkedDecoder(decoder.dataCallback, decoder.finishCallback, self.limits)
-        request.parseCookies()
+        fields = fields_of(request.requestHeaders) if DIRECT else None
+        if fields is None or b"Cookie" in fields:
+            request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
         if (
             self.length != 0
@@ -361,19 +561,41 @@ class AWSGIChannel(http.HTTPChannel):
         ):
             return
         request.gotLength(self.length)
+        if fields is not None and b"Expect" not in fields:
+            return
         expect = request.requestHeaders.getRawHeaders(b"Expect")
         if expect and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1":
             self._send100Continue()
 
     def allContentReceived(self) -> None:
-        if not self.requests:
+        requests = self.requests
+        if not requests:
             # The request was answered before its body ended and the
             # connection is closing: swallow the rest.
             self._handlingRequest = True
             self._transferDecoder = None
             self.setRawMode()
             return
-        super().allContentReceived()
+        if not _FAST:
+            super().allContentReceived()
+            return
+        # HTTPChannel.allContentReceived, but for the idle timer: Twisted
+        # stops it before processing the request and starts a new one when
+        # it is done; most requests are answered before this returns, so
+        # it is stopped only if the request outlives this call.
+        command, path, version = self._command, self._path, self._version
+        self.length = 0
+        self._receivedHeaderCount = 0
+        self._receivedHeaderSize = 0
+        self._HTTPChannel__first_line = 1
+        self._transferDecoder = None
+        del self._command, self._path, self._version
+        self._handlingRequest = True
+        self.setRawMode()
+        request = requests[-1]
+        request.requestReceived(command, path, version)
+        if self.timeOut and not request.finished:
+            self._savedTimeOut = self.setTimeout(None)
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._lingering or self._refused:
@@ -382,6 +604,31 @@ class AWSGIChannel(http.HTTPChannel):
             super().rawDataReceived(data)
         except MalformedChunk as malformed:
             self.refuse(malformed.refused)
+
+    def requestDone(self, request: Any) -> None:
+        if not _FAST:
+            super().requestDone(request)
+            return
+        # HTTPChannel.requestDone, without its Python-level Request.__ne__
+        # and the join of an empty pipelining buffer.
+        requests = self.requests
+        if requests[0] is not request:
+            raise TypeError
+        del requests[0]
+        if not self._waitingForTransport:
+            self._networkProducer.resumeProducing()
+        if not self.persistent:
+            self.loseConnection()
+            return
+        self._handlingRequest = False
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+        buffered = self._dataBuffer
+        if buffered:
+            self._dataBuffer = []
+            self.setLineMode(b"".join(buffered))
+        else:
+            self.line_mode = 1
 
     def linger_after(self, request: AWSGIRequest) -> None:
         """
@@ -462,6 +709,13 @@ class AWSGISite(server.Site):
     #: The request-head limits its connections apply (see L{Limits}); set
     #: an instance's before it listens.
     limits: Limits = DEFAULT_LIMITS
+
+    def getResourceFor(self, request: Any) -> Any:
+        # Site.getResourceFor, without copy.copy's dispatch for a list.
+        request.site = self
+        prepath = request.prepath
+        request.sitepath = prepath.copy() if type(prepath) is list else copy.copy(prepath)
+        return _resource.getChildForRequest(self.resource, request)
 
 
 __all__ = ["AWSGISite", "AWSGIRequest", "AWSGIChannel"]

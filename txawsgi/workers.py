@@ -5,10 +5,20 @@ same listening sockets.
 The supervisor (the C{twistd}/C{twist} process) binds the sockets (see
 L{txawsgi.listeners}), opens the access log, then runs N C{python -m
 txawsgi.worker} processes under Twisted's L{ProcessMonitor}, each given the
-sockets and the log as inherited descriptors.  The monitor restarts a
+sockets and the logs as inherited descriptors.  The monitor restarts a
 worker that dies (at once if it had been up a while, with growing delays if
-it keeps dying at start); the supervisor logs why each one ended.  Worker
-output goes to the supervisor's log, tagged C{[worker-N]}.
+it keeps dying at start); the supervisor logs why each one ended.
+
+Workers write their log lines (Twisted's request log too) straight to the
+supervisor's log destination -- standard output under C{twistd -n}, or the
+C{--logfile} -- in the same format, tagged C{[worker-N]}: relaying every
+line through the supervisor would make it the bottleneck.  Each write is
+whole lines (see L{txawsgi.linelog}), so lines of different processes never
+interleave.  When the supervisor's log is anything else (syslog, a
+C{--logger}, C{twist}'s filtered or JSON logs), workers write to their
+standard output instead and the supervisor relays each line into its log.
+Whatever else workers print on their standard output or error is relayed
+too.
 
 On SIGTERM/SIGINT the supervisor closes its copies of the sockets, forwards
 SIGTERM to every worker (each shuts down gracefully, see
@@ -21,7 +31,10 @@ endpoint type (UNIX sockets, TLS, systemd socket activation, port 0), a
 privileged port is bound once before privileges are dropped, and the
 workers share one accept queue, so a worker's death drops no connection
 that it had not accepted (with C{SO_REUSEPORT} each socket has its own
-queue, reset when its process dies).
+queue, reset when its process dies).  The kernel wakes every worker
+waiting on the shared socket; each accepts one connection per wakeup
+(L{txawsgi.listeners.ACCEPTS_PER_WAKEUP}), so a burst of connections is
+shared out instead of going to whichever woke first.
 """
 
 from __future__ import annotations
@@ -37,16 +50,24 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import (
+    FileLogObserver,
+    LogLevel,
+    Logger,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
+from twisted.python.logfile import BaseLogFile
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
 import txawsgi
 from txawsgi.accesslog import AccessLog
+from txawsgi.linelog import set_append
 from txawsgi.listeners import HeldSocket, bind, family_name
 
-__all__ = ["ENV", "KILL_MARGIN", "Supervisor", "cpu_count", "parse_workers"]
+__all__ = ["ENV", "KILL_MARGIN", "LogTarget", "Supervisor", "cpu_count", "parse_workers"]
 
 #: The environment variable telling a worker what it inherited (JSON).
 ENV = "TXAWSGI_WORKER"
@@ -103,6 +124,97 @@ def describe_exit(reason: Failure) -> str:
             return f"was killed by signal {value.signal} ({name})"
         return f"exited with status {value.exitCode}"
     return f"ended: {value!r}"
+
+
+#: An event whose formatting tells whether a log observer writes twistd's
+#: classic text lines.
+_PROBE: dict[str, Any] = {
+    "log_format": "probe {n}",
+    "n": 1,
+    "log_time": 86400.5,
+    "log_system": "probe",
+    "log_level": LogLevel.info,
+    "log_namespace": "probe",
+}
+
+
+class LogTarget:
+    """
+    Where the supervisor's own log lines go, when its worker processes can
+    write theirs there too: the file of the one log observer, if that is a
+    plain file observer writing classic text lines (twistd's standard
+    output or C{--logfile}).
+
+    A rotating twistd log file (C{--logfile}; it rotates by size and on
+    C{SIGUSR1}) is written with C{O_APPEND} from here on, after every
+    rotation too, and workers are given its path to follow it when it is
+    rotated.
+
+    This looks at the global log publisher's observers and a
+    L{FileLogObserver}'s file (private attributes of Twisted's): when they
+    are not as expected, L{find} returns L{None} and workers' lines are
+    relayed.
+    """
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.path: Optional[str] = out.path if isinstance(out, BaseLogFile) else None
+        if self.path is not None:
+            self._append_after_rotation(out)
+        set_append(self.fileno())
+
+    def fileno(self) -> int:
+        """
+        The descriptor of the log file (it changes when it is rotated).
+        """
+        out = self._out
+        if isinstance(out, BaseLogFile):
+            return int(out._file.fileno())  # type: ignore[attr-defined]
+        return int(out.fileno())
+
+    @staticmethod
+    def _append_after_rotation(logfile: Any) -> None:
+        """
+        Make each file C{logfile} opens (after rotating) C{O_APPEND}, so its
+        writes do not land on the workers' lines.
+        """
+        reopen = logfile._openFile
+        if getattr(reopen, "_txawsgi_append", False):
+            return
+
+        def _openFile() -> None:
+            reopen()
+            set_append(logfile._file.fileno())
+
+        _openFile._txawsgi_append = True  # type: ignore[attr-defined]
+        logfile._openFile = _openFile
+
+    @classmethod
+    def find(cls, publisher: Any = globalLogPublisher) -> Optional["LogTarget"]:
+        """
+        The target of C{publisher}'s only observer, if workers can write
+        there themselves; else L{None}.
+        """
+        observers = getattr(publisher, "_observers", None)
+        if not isinstance(observers, list) or len(observers) != 1:
+            return None
+        [observer] = observers
+        if not isinstance(observer, FileLogObserver):
+            return None
+        try:
+            classic = observer.formatEvent(dict(_PROBE)) == formatEventAsClassicLogText(dict(_PROBE))
+        except Exception:
+            return None
+        out = getattr(observer, "_outFile", None)
+        if not classic or out is None:
+            return None
+        if isinstance(out, BaseLogFile):
+            if not (hasattr(out, "_file") and hasattr(out, "_openFile") and hasattr(out, "path")):
+                return None
+        try:
+            return cls(out)
+        except (AttributeError, OSError, ValueError):
+            return None  # no usable descriptor (e.g. a StringIO)
 
 
 class _Watched(ProcessProtocol):
@@ -216,6 +328,9 @@ class Supervisor(Service):
         self.monitor.killTime = grace + KILL_MARGIN  # type: ignore[assignment]  # seconds, a float is fine
         self.workers: dict[str, _Watched] = {}
         self._exited: list[Deferred[None]] = []
+        #: Where workers write their log lines (L{None}: relayed by this
+        #: process); found when the service starts, logging being set up.
+        self.log_target: Optional[LogTarget] = None
 
     # -- what workers get ------------------------------------------------
 
@@ -223,13 +338,28 @@ class Supervisor(Service):
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for offset, held in enumerate(self.sockets):
             fds[FIRST_FD + offset] = held.fd
-        log_fd = self._log_fd()
+        access_fd, log_fd = self._access_log_slot(), self._log_slot()
+        if access_fd is not None:
+            fds[access_fd] = self.access_log.fileno  # type: ignore[union-attr]
         if log_fd is not None:
-            fds[FIRST_FD + len(self.sockets)] = log_fd
+            fds[log_fd] = self.log_target.fileno()  # type: ignore[union-attr]
         return fds
 
-    def _log_fd(self) -> Optional[int]:
-        return self.access_log.fileno if self.access_log is not None else None
+    def _access_log_slot(self) -> Optional[int]:
+        """
+        The access log's descriptor number in a worker, if there is one.
+        """
+        if self.access_log is None or self.access_log.fileno is None:
+            return None
+        return FIRST_FD + len(self.sockets)
+
+    def _log_slot(self) -> Optional[int]:
+        """
+        The log's descriptor number in a worker, if it writes there itself.
+        """
+        if self.log_target is None:
+            return None
+        return FIRST_FD + len(self.sockets) + (self._access_log_slot() is not None)
 
     def worker_config(self, index: int) -> dict[str, Any]:
         """
@@ -246,7 +376,9 @@ class Supervisor(Service):
                 }
                 for offset, held in enumerate(self.sockets)
             ],
-            "access_log_fd": FIRST_FD + len(self.sockets) if self._log_fd() is not None else None,
+            "access_log_fd": self._access_log_slot(),
+            "log_fd": self._log_slot(),
+            "log_path": self.log_target.path if self.log_target is not None else None,
         }
 
     def worker_env(self, index: int) -> dict[str, str]:
@@ -274,6 +406,7 @@ class Supervisor(Service):
         if not self.sockets:
             self.privilegedStartService()
         super().startService()
+        self.log_target = LogTarget.find()
         cwd = os.getcwd()
         for index in range(1, self.count + 1):
             name = f"worker-{index}"
