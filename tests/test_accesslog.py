@@ -13,9 +13,10 @@ from typing import List
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import combinedLogFormatter
 from twisted.web.test.requesthelper import DummyRequest
 
-from txawsgi.accesslog import AccessLog, combined_line, combined_record, escape
+from txawsgi.accesslog import MAX_FIELD, AccessLog, combined_line, combined_record, escape, twisted_log_formatter
 
 from ._production import APP, serve, temp_dir, twistd_awsgi
 from .support import RawClient, eventually, free_port, request
@@ -96,6 +97,46 @@ class FormatTests(SynchronousTestCase):
             combined_record(request, when=5, aborted=False),
             combined_line(request, when=5, aborted=False).encode() + b"\n",
         )
+
+
+    def test_longFieldsCut(self) -> None:
+        """
+        A request target (and a C{Referer} or C{User-Agent}) over
+        L{MAX_FIELD} bytes is logged cut to its first L{MAX_FIELD} bytes,
+        marked with how many were left out; one at the limit is whole.
+        """
+        request = dummy_request()
+        target = b"/" + b"a" * 99999
+        request.uri = target
+        request.requestHeaders.setRawHeaders(b"referer", [b"r" * (MAX_FIELD + 1)])
+        request.requestHeaders.setRawHeaders(b"user-agent", [b"u" * MAX_FIELD])
+        line = combined_line(request, when=0, aborted=False)
+        match = LINE.match(line)
+        assert match is not None, line[:200]
+        self.assertEqual(match["request"], f"GET {target[:MAX_FIELD].decode()}...[+{len(target) - MAX_FIELD}] HTTP/1.1")
+        self.assertEqual(match["referer"], "r" * MAX_FIELD + "...[+1]")
+        self.assertEqual(match["agent"], "u" * MAX_FIELD)
+        self.assertLess(len(line), 4 * MAX_FIELD)
+        request.uri = b"/" + b"b" * (MAX_FIELD - 1)
+        match = LINE.match(combined_line(request, when=0, aborted=False))
+        assert match is not None
+        self.assertEqual(match["request"], f"GET /{'b' * (MAX_FIELD - 1)} HTTP/1.1")
+
+    def test_twistedLogFormatter(self) -> None:
+        """
+        Without an access log, Twisted's own request log keeps Twisted's
+        line, with long fields cut as in the access log.
+        """
+        request = dummy_request()
+        stamp = "[01/Jan/1970:00:00:00 +0000]"
+        self.assertEqual(twisted_log_formatter(stamp, request), combinedLogFormatter(stamp, request))
+        request.uri = b"/" + b"a" * 100000
+        request.requestHeaders.setRawHeaders(b"user-agent", [b"u" * (MAX_FIELD + 5)])
+        line = twisted_log_formatter(stamp, request)
+        self.assertTrue(line.startswith('"192.0.2.1" - - ' + stamp + ' "GET /aaa'), line[:100])
+        self.assertIn(f"...[+{100001 - MAX_FIELD}] HTTP/1.1\" 200 2 ", line)
+        self.assertTrue(line.endswith('"' + "u" * MAX_FIELD + '...[+5]"'), line[-100:])
+        self.assertLess(len(line), 3 * MAX_FIELD)
 
 
 class BufferTests(SynchronousTestCase):

@@ -16,6 +16,7 @@ from unittest import mock
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -350,6 +351,26 @@ class ClientLeavesTests(TestCase):
     #: How long the unwinding may take (it takes two reactor turns).
     BOUND = 2.0
 
+    def setUp(self) -> None:
+        self.events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def assert_quiet(self) -> Any:
+        """
+        The exception the application let escape was logged once, at info
+        and without a traceback, as a client that left, not as an
+        application error.
+        """
+
+        def quiet() -> List[Dict[str, Any]]:
+            return [e for e in list(self.events) if "Client left while the application waited" in formatEvent(e)]
+
+        yield eventually(quiet, timeout=self.BOUND)
+        self.assertEqual([e["log_level"] for e in quiet()], [LogLevel.info])
+        self.assertNotIn("log_failure", quiet()[0])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     @inlineCallbacks
     def leave_while_waiting(self, app: Any, data: bytes, started: List[Any]) -> Any:
         """
@@ -418,8 +439,41 @@ class ClientLeavesTests(TestCase):
 
         yield self.leave_while_waiting(app, get(), started)
         yield eventually(lambda: closes, timeout=self.BOUND)
-        self.assertEqual(len(self.flushLoggedErrors(ClientDisconnected)), 1)
+        yield from self.assert_quiet()
         self.assertFalse(never.called)
+
+    @inlineCallbacks
+    def test_call_lets_it_escape(self) -> Any:
+        """
+        The application callable does not catch the L{ClientDisconnected}
+        its wait raises: that is a client that left, logged quietly, not an
+        application error.
+        """
+        never: Deferred[None] = Deferred()
+        started: List[Any] = []
+
+        def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            started.append(greenlet.getcurrent())
+            wait(never)
+            return [b"unreachable"]  # pragma: no cover
+
+        yield self.leave_while_waiting(app, get(), started)
+        yield from self.assert_quiet()
+
+    @inlineCallbacks
+    def test_read_lets_it_escape(self) -> Any:
+        """
+        The same for the L{BodyTruncated} of a C{wsgi.input} read.
+        """
+        started: List[Any] = []
+
+        def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            started.append(greenlet.getcurrent())
+            environ["wsgi.input"].read()
+            return [b"unreachable"]  # pragma: no cover
+
+        yield self.leave_while_waiting(app, post(b"/", b"x" * 1000)[:-500], started)
+        yield from self.assert_quiet()
 
     @inlineCallbacks
     def test_read_waiting(self) -> Any:

@@ -579,6 +579,10 @@ class LimitTests(_Hostile):
     async def test_zeroMeansNoLimit(self) -> None:
         await self.serve(Limits(request_line=0, fields=0, field_size=0, head=200000))
         await self.served(get(b"/" + b"a" * 100000))
+        # Served whole, but logged cut (txawsgi.accesslog.MAX_FIELD): no
+        # 100 KB log event.
+        await eventually(lambda: self.logged("...[+"))
+        self.assertLess(max(len(formatEvent(e)) for e in list(self.events)), 32 * 1024)
         await self.served(get(headers=b"".join(b"X-%d: %d\r\n" % (i, i) for i in range(1000))))
         self.assertEqual(Limits(request_line=0, field_size=100, head=5000).line_buffer, 5000)
         self.assertEqual(Limits(request_line=300, field_size=100, head=5000).line_buffer, 300)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import subprocess
+import sys
+import textwrap
 from typing import Any, List
 
 from twisted.internet.task import Clock
@@ -26,11 +29,12 @@ from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
-from txawsgi.linelog import PIPE_BUF, LineWriter
+from txawsgi.linelog import FOLLOW_EVERY, NEAR_FULL, PIPE_BUF, LineWriter
 from txawsgi.worker import WorkerLogObserver
 from txawsgi.workers import LogTarget
 
 from ._production import temp_dir
+from .support import project_env
 
 
 def pipe(testcase: SynchronousTestCase) -> tuple[int, int]:
@@ -192,29 +196,202 @@ class LineWriterTests(SynchronousTestCase):
     def test_followRotation(self) -> None:
         """
         With C{follow}, once the file at the path is another one (rotated),
-        lines go there, at most a second later.
+        lines go there from the first batch written L{FOLLOW_EVERY} seconds
+        after the last look; none is lost or written twice.
         """
         directory = temp_dir(self)
         path = os.path.join(directory, "log")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         clock = Clock()
-        writer = LineWriter(fd, reactor=clock, follow=path, owned=True)
+        writer = Recording(fd, reactor=clock, follow=path, owned=True)
         self.addCleanup(writer.close)
         writer.write(b"1\n")
         clock.advance(0)
         os.rename(path, path + ".1")
+        writer.write(b"2\n")  # renamed, not created yet: the old file
+        clock.advance(2 * FOLLOW_EVERY)
         with open(path, "wb"):
             pass
-        writer.write(b"2\n")
-        clock.advance(0.5)  # checked less than a second ago
-        clock.advance(0.6)
         writer.write(b"3\n")
-        clock.advance(0)
+        clock.advance(FOLLOW_EVERY / 2)  # looked less than FOLLOW_EVERY ago
+        writer.write(b"4\n")
+        clock.advance(FOLLOW_EVERY)
+        with open(path + ".1", "rb") as f:
+            self.assertEqual(f.read(), b"1\n2\n3\n")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"4\n")
+        self.assertEqual(writer.writes, [b"1\n", b"2\n", b"3\n", b"4\n"])
+        self.assertTrue(fcntl.fcntl(writer.fd, fcntl.F_GETFL) & os.O_APPEND)  # type: ignore[arg-type]
+
+    def test_followCost(self) -> None:
+        """
+        The path is looked at before a batch at most once per
+        L{FOLLOW_EVERY} seconds, not per batch or line.
+        """
+        path = os.path.join(temp_dir(self), "log")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        clock = Clock()
+        writer = LineWriter(fd, reactor=clock, follow=path, owned=True)
+        self.addCleanup(writer.close)
+        stats: List[str] = []
+        real = os.stat
+
+        def stat(p: Any, *a: Any, **kw: Any) -> Any:
+            stats.append(p)
+            return real(p, *a, **kw)
+
+        self.patch(os, "stat", stat)
+        for _ in range(10):
+            writer.write(b"a\n")
+            writer.write(b"b\n")
+            clock.advance(FOLLOW_EVERY * 0.3)
+        self.assertEqual(stats, [path] * 3)  # at 0.3, 1.5 and 2.7 times it
+
+    def test_full(self) -> None:
+        """
+        C{on_full} is called once per file, after the write that makes it
+        C{full_at} bytes long, everybody's lines counted.
+        """
+        path = os.path.join(temp_dir(self), "log")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        other = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.addCleanup(os.close, other)
+        clock = Clock()
+        sizes: List[int] = []
+        writer = LineWriter(
+            fd,
+            reactor=clock,
+            follow=path,
+            full_at=100,
+            on_full=lambda: sizes.append(os.path.getsize(path)),
+            owned=True,
+        )
+        self.addCleanup(writer.close)
+
+        def turn(line: bytes) -> None:
+            writer.write(line)
+            clock.advance(1)
+
+        turn(b"a" * 49 + b"\n")
+        os.write(other, b"b" * 39 + b"\n")
+        turn(b"c" * 8 + b"\n")
+        self.assertEqual(sizes, [])
+        turn(b"d\n")
+        self.assertEqual(sizes, [101])
+        turn(b"e\n")
+        self.assertEqual(sizes, [101])
+        os.rename(path, path + ".1")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT))
+        turn(b"f" * 99 + b"\n")
+        self.assertEqual(sizes, [101, 100])
+
+    def test_nearFull(self) -> None:
+        """
+        Within L{NEAR_FULL} bytes of C{full_at}, the path is looked at
+        before every batch: the file is said to be full, and its successor
+        followed, without waiting for L{FOLLOW_EVERY}.
+        """
+        path = os.path.join(temp_dir(self), "log")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        clock = Clock()
+        full: List[int] = []
+        real = os.stat
+        writer = LineWriter(
+            fd,
+            reactor=clock,
+            follow=path,
+            full_at=NEAR_FULL + 1000,
+            on_full=lambda: full.append(real(path).st_size),
+            owned=True,
+        )
+        self.addCleanup(writer.close)
+        stats: List[str] = []
+
+        def stat(p: Any, *a: Any, **kw: Any) -> Any:
+            stats.append(p)
+            return real(p, *a, **kw)
+
+        self.patch(os, "stat", stat)
+        writer.write(b"a" * 99 + b"\n")
+        clock.advance(0)  # looked: far from full
+        with open(path, "ab") as f:
+            f.write(b"b" * (NEAR_FULL - 1) + b"\n")
+        writer.write(b"c\n")
+        clock.advance(0)  # not looked: too soon
+        self.assertEqual(len(stats), 1)
+        writer.write(b"d\n")
+        clock.advance(2 * FOLLOW_EVERY)  # looked: near full
+        writer.write(b"e" * 899 + b"\n")
+        clock.advance(0)  # looked: full
+        self.assertEqual(len(stats), 3)
+        self.assertEqual(full, [NEAR_FULL + 1004])
+        os.rename(path, path + ".1")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT))
+        writer.write(b"f\n")
+        clock.advance(0)  # looked: still waiting for the rotation
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"f\n")
+        writer.write(b"g\n")
+        clock.advance(0)  # not looked: far from full again
+        self.assertEqual(len(stats), 4)
+
+    def test_newFileUnopenable(self) -> None:
+        """
+        If the new file cannot be opened, lines go on to the old one, and
+        the error is reported once.
+        """
+        path = os.path.join(temp_dir(self), "log")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        clock = Clock()
+        errors: List[OSError] = []
+        writer = LineWriter(fd, reactor=clock, follow=path, on_error=errors.append, owned=True)
+        self.addCleanup(writer.close)
+        os.rename(path, path + ".1")
+        os.mkdir(path)  # not writable as a file
+        for line in (b"1\n", b"2\n"):
+            writer.write(line)
+            clock.advance(1)
+        self.assertEqual(len(errors), 1)
         with open(path + ".1", "rb") as f:
             self.assertEqual(f.read(), b"1\n2\n")
+
+    def test_longLinesOfTwoProcesses(self) -> None:
+        """
+        Two processes writing lines much longer than C{PIPE_BUF} to one
+        C{O_APPEND} file: every line comes out whole.
+        """
+        path = os.path.join(temp_dir(self), "log")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT))
+        script = textwrap.dedent(
+            """
+            import os, sys
+            from txawsgi.linelog import LineWriter
+            name, path = sys.argv[1], sys.argv[2]
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            writer = LineWriter(fd, delay=None, owned=True)
+            for i in range(300):
+                size = (i * 7919) % 200000 + 5000
+                writer.write(b"%s %d " % (name.encode(), i) + name.encode() * size + b"\\n")
+            writer.close()
+            """
+        )
+        children = [
+            subprocess.Popen([sys.executable, "-c", script, name, path], env=project_env())
+            for name in ("A", "B")
+        ]
+        for child in children:
+            self.assertEqual(child.wait(timeout=60), 0)
         with open(path, "rb") as f:
-            self.assertEqual(f.read(), b"3\n")
-        self.assertTrue(fcntl.fcntl(writer.fd, fcntl.F_GETFL) & os.O_APPEND)  # type: ignore[arg-type]
+            lines = f.read().split(b"\n")
+        self.assertEqual(lines.pop(), b"")
+        seen = set()
+        for line in lines:
+            name, i, body = line.split(b" ")
+            size = (int(i) * 7919) % 200000 + 5000
+            self.assertEqual(body, name * size, (name, i))
+            seen.add((name, int(i)))
+        self.assertEqual(len(lines), 600)
+        self.assertEqual(len(seen), 600)
 
 
 class WorkerLogObserverTests(SynchronousTestCase):
@@ -308,6 +485,54 @@ class LogTargetTests(SynchronousTestCase):
         LogTarget.find(LogPublisher(textFileLogObserver(logfile)))
         logfile.rotate()
         self.assertTrue(fcntl.fcntl(target.fileno(), fcntl.F_GETFL) & os.O_APPEND)
+
+    def test_rotatesByRealSize(self) -> None:
+        """
+        twistd's log file rotates when the file reaches C{rotateLength}
+        bytes, lines written by other processes (workers) counted: before
+        a line of its own, or when told (L{LogTarget.rotate_if_full}).
+        """
+        directory = temp_dir(self)
+        path = os.path.join(directory, "twistd.log")
+        logfile = LogFile.fromFullPath(path, rotateLength=1000)
+        self.addCleanup(logfile.close)
+        target = LogTarget.find(LogPublisher(textFileLogObserver(logfile)))
+        assert target is not None
+        self.assertEqual(target.rotate_length, 1000)
+        worker = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.addCleanup(os.close, worker)
+        os.write(worker, b"w" * 899 + b"\n")
+        logfile.write("s" * 98 + "\n")
+        target.rotate_if_full()
+        self.assertEqual(logfile.listLogs(), [])
+        os.write(worker, b"w\n")
+        target.rotate_if_full()
+        self.assertEqual(logfile.listLogs(), [1])
+        self.assertEqual(os.path.getsize(path + ".1"), 1001)
+        target.rotate_if_full()  # told twice (two workers): once
+        self.assertEqual(logfile.listLogs(), [1])
+        # Its own line, after the workers' filled the new file.
+        os.close(os.open(path, os.O_WRONLY))  # (the worker followed)
+        with open(path, "ab") as f:
+            f.write(b"w" * 1000)
+        logfile.write("s\n")
+        self.assertEqual(logfile.listLogs(), [1, 2])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"s\n")
+
+    def test_notBySize(self) -> None:
+        """
+        A log file with no rotation size (or standard output) is never
+        rotated by size.
+        """
+        logfile = LogFile.fromFullPath(os.path.join(temp_dir(self), "twistd.log"), rotateLength=None)
+        self.addCleanup(logfile.close)
+        target = LogTarget.find(LogPublisher(textFileLogObserver(logfile)))
+        assert target is not None
+        self.assertIsNone(target.rotate_length)
+        logfile.write("x" * 10000 + "\n")
+        target.rotate_if_full()
+        self.assertEqual(logfile.listLogs(), [])
 
     def test_otherLogs(self) -> None:
         """

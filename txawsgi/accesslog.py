@@ -13,6 +13,12 @@ body handed to the connection (C{-} for none).  A response that never
 started because the client went away first is logged with status C{499}
 (as nginx does).  Bytes outside printable ASCII, C{"} and C{\\} are written
 as C{\\xHH}, so a line is always one line.
+
+A request target (or C{Referer}, C{User-Agent}) longer than L{MAX_FIELD}
+bytes is logged cut to its first L{MAX_FIELD} bytes followed by C{...[+N]},
+C{N} the bytes left out: a line stays small enough to be written whole
+(workers share the file) and to travel as one log event.  The default
+C{--limit-request-line} (8190) keeps every target whole.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
 from twisted.web.server import Request
 
 from txawsgi.linelog import FLUSH_DELAY, LineWriter
@@ -34,13 +41,19 @@ __all__ = [
     "AccessLog",
     "AccessLogService",
     "CLIENT_CLOSED",
+    "MAX_FIELD",
     "combined_line",
     "combined_record",
     "escape",
+    "twisted_log_formatter",
 ]
 
 #: The status logged for a request whose client left before any response.
 CLIENT_CLOSED = 499
+
+#: The most bytes of a request target, C{Referer} or C{User-Agent} an access
+#: log line carries; the rest is replaced by C{...[+N]}.
+MAX_FIELD = 8192
 
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 
@@ -71,6 +84,16 @@ def _escaped(value: Optional[bytes]) -> bytes:
     if not value.translate(None, _PLAIN):
         return value
     return escape(value).encode("ascii")
+
+
+def _capped(value: bytes) -> bytes:
+    """
+    C{value}, cut to L{MAX_FIELD} bytes (marked with how many were left
+    out) if longer.
+    """
+    if len(value) <= MAX_FIELD:
+        return value
+    return value[:MAX_FIELD] + b"...[+%d]" % (len(value) - MAX_FIELD)
 
 
 def _format_timestamp(second: int) -> bytes:
@@ -123,14 +146,17 @@ def combined_record(request: Request, *, when: float, aborted: bool) -> bytes:
     referer = headers.getRawHeaders(b"referer")
     agent = headers.getRawHeaders(b"user-agent")
     sent = request.sentLength
+    uri = request.uri
+    if len(uri) > MAX_FIELD:
+        uri = _capped(uri)
     return b'%s - - %s "%s" %d %s "%s" "%s"\n' % (
         host.encode("ascii", "backslashreplace"),
         _timestamp(when),
-        _escaped(b"%s %s %s" % (request.method, request.uri, request.clientproto)),
+        _escaped(b"%s %s %s" % (request.method, uri, request.clientproto)),
         status,
         b"%d" % sent if sent else b"-",
-        _escaped(referer[0]) if referer else b"-",
-        _escaped(agent[0]) if agent else b"-",
+        _escaped(_capped(referer[0])) if referer else b"-",
+        _escaped(_capped(agent[0])) if agent else b"-",
     )
 
 
@@ -142,6 +168,40 @@ def combined_line(request: Request, *, when: float, aborted: bool) -> str:
     @param aborted: the connection was lost before the response ended.
     """
     return combined_record(request, when=when, aborted=aborted)[:-1].decode("ascii")
+
+
+class _CappedRequest:
+    """
+    What Twisted's log formatter reads of a request, with the long fields
+    cut (L{_capped}).
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.uri = _capped(request.uri)
+
+    def getHeader(self, name: bytes) -> Optional[bytes]:
+        value = self._request.getHeader(name)
+        return None if value is None else _capped(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def twisted_log_formatter(timestamp: str, request: Request) -> str:
+    """
+    An C{IAccessLogFormatter} for Twisted's own request log (a site with no
+    L{AccessLog}): Twisted's combined line, with long fields cut as in the
+    access log (a 100 KB target would make a 100 KB log event).
+    """
+    line: str = combinedLogFormatter(timestamp, request)
+    if len(line) > MAX_FIELD and (
+        len(request.uri) > MAX_FIELD
+        or len(request.getHeader(b"referer") or b"") > MAX_FIELD
+        or len(request.getHeader(b"user-agent") or b"") > MAX_FIELD
+    ):
+        line = combinedLogFormatter(timestamp, _CappedRequest(request))
+    return line
 
 
 class Sink(State):

@@ -26,7 +26,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txawsgi.errors import ExtensionMisuse, InvalidBody
+from txawsgi.errors import (
+    BodyTooLarge,
+    BodyTruncated,
+    ClientDisconnected,
+    ExtensionMisuse,
+    InvalidBody,
+    RequestTimedOut,
+)
 from txawsgi.response import Response
 from txawsgi.runners import IRunner, ReactorRunner
 from txawsgi.states import Machine, State, edges
@@ -44,6 +51,11 @@ _END = object()
 
 #: Iterables whose whole body is already in memory.
 _SEQUENCES = (list, tuple)
+
+#: What the server raises into an application that waits when its exchange
+#: ends under it (the client left, the body was cut, the request timed
+#: out): an application that lets one escape is unwinding, not failing.
+_UNWINDING = (ClientDisconnected, BodyTruncated, RequestTimedOut)
 
 
 class Run(State):
@@ -336,7 +348,8 @@ class Engine:
 
     def _handle_failure(self, reason: Failure) -> None:
         if self._run.state is Run.CANCELLING:
-            self._log.failure("Application error after the exchange was cancelled", reason)
+            if not self._unwound(reason):
+                self._log.failure("Application error after the exchange was cancelled", reason)
             self._end_cancelled()
             return None
         self._fail(reason)
@@ -507,7 +520,8 @@ class Engine:
         """
         state = self._run.state
         if state in FINAL or state is Run.CANCELLING:
-            self._log.failure("Application error after the exchange ended", reason)
+            if not self._unwound(reason):
+                self._log.failure("Application error after the exchange ended", reason)
             return
         if state is Run.PULLING:
             self._cancel = reason
@@ -515,6 +529,37 @@ class Engine:
             self._release_writer()
             return
         self._fail(reason)
+
+    def cancel(self, reason: Failure) -> None:
+        """
+        End the exchange from outside (the request timeout): fail the
+        response as L{crash} does, and resume a greenlet still waiting (in
+        the call or a pull) with C{reason}'s exception, so it unwinds.
+        """
+        state = self._run.state
+        if state in FINAL or state is Run.CANCELLING:
+            return
+        self._runner.interrupt(self, reason.value)
+        self.crash(reason)
+
+    def _unwound(self, reason: Failure) -> bool:
+        """
+        The application let an exception escape after its exchange ended:
+        if it is one the server raised into it to end a wait (the client
+        left, the request timed out), log it quietly, without a traceback:
+        the application is unwinding, not failing.
+
+        @return: whether C{reason} was such an exception (and logged).
+        """
+        if reason.check(*_UNWINDING) is None:
+            return False
+        if reason.check(RequestTimedOut) is not None:
+            self._log.info("Application woken by the request timeout: {reason}", reason=reason.value)
+        elif reason.check(BodyTooLarge) is not None:
+            self._log.info("Application unwound after its request body was refused: {reason}", reason=reason.value)
+        else:
+            self._log.info("Client left while the application waited: {reason}", reason=reason.value)
+        return True
 
     def _end_cancelled(self) -> None:
         reason, self._cancel = self._cancel, None

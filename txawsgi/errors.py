@@ -120,6 +120,8 @@ class RequestTimedOut(AWSGIError, TimeoutError):
     """
     The application did not finish its response within the server's request
     timeout; the client got a 503 (or a cut response, if it had started).
+    Also raised into an application that was waiting then (a C{wsgi.input}
+    read in a worker thread or greenlet, a greenlet's C{wait(d)}).
     """
 
 

@@ -357,9 +357,16 @@ class Exchange:
     def cancel(self, reason: Failure) -> None:
         """
         End the exchange from outside (e.g. a request timeout): fail it as
-        if the application had raised C{reason}.
+        if the application had raised C{reason}, and wake an application
+        waiting in a worker or a greenlet (for body bytes, or on a
+        L{Deferred}) with C{reason}'s exception.
         """
-        self._engine.crash(reason)
+        if self._engine.state in FINAL:
+            return
+        cut = getattr(self._body, "cut", None)
+        if cut is not None:
+            cut(reason.value)
+        self._engine.cancel(reason)
 
     def _lost(self, reason: Failure) -> None:
         """

@@ -316,6 +316,21 @@ class StreamingBody:
         if self._machine.state is Body.OPEN:
             self._truncate(BodyTruncated(f"the client went away after {self.received} bytes of body"))
 
+    def cut(self, reason: BaseException) -> None:
+        """
+        The exchange is ending for C{reason} (the request timeout) while
+        the body is still arriving: a C{wsgi.input} read waiting for bytes
+        (a worker thread, a greenlet), and any later one, raises C{reason}
+        rather than wait for bytes nobody will use.  Reactor thread.
+        """
+        if self._machine.state is not Body.OPEN:
+            return
+        with self._lock:
+            self._reason = reason
+            self._machine.to(Body.TRUNCATED)
+            self._buffer.clear()
+            self._notify()
+
     def _truncate(self, reason: BaseException) -> None:
         with self._lock:
             self._reason = reason

@@ -223,6 +223,7 @@ class Response:
         "_headers",
         "_remaining",
         "_producer",
+        "_superseded",
         "app_write",
         "sent",
         "overflowed",
@@ -237,6 +238,10 @@ class Response:
         self._headers: list[tuple[bytes, bytes]] = []
         self._remaining: Optional[int] = None
         self._producer: Any = None
+        # The server answered in the application's stead (a 503 or 413)
+        # while the application still ran: its start_response and writes
+        # are accepted and dropped, as after the client left.
+        self._superseded = False
         self.app_write: Optional[Callable[[bytes], None]] = None
         self.sent = 0
         self.overflowed = False
@@ -266,9 +271,10 @@ class Response:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif state is Phase.ABORTED:
-            # The client went away while the application was being called
-            # (in a worker or a greenlet): nothing will be sent, but the
+        elif state is Phase.ABORTED or self._superseded:
+            # The client went away (or the server answered for the
+            # application) while the application was being called (in a
+            # worker or a greenlet): nothing will be sent, but the
             # application may finish normally, and its iterable be closed.
             check_status(status)
             check_headers(headers)
@@ -355,6 +361,8 @@ class Response:
         if state is Phase.STARTED:
             self._send_headers()
         elif state is Phase.COMPLETE:
+            if self._superseded:
+                return
             raise StartResponseError("body data after the response ended")
         remaining = self._remaining
         if remaining is not None:
@@ -450,6 +458,7 @@ class Response:
                 # loseConnection() would end it cleanly.)
                 abort_connection(request)
             return
+        self._superseded = too_large or timed_out
         self._code, self._reason = code, phrase
         self._headers = [
             (b"Content-Type", b"text/plain; charset=utf-8"),

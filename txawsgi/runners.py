@@ -12,7 +12,7 @@ engine, three ways to run.
 When the client leaves, the engine tells the runner (L{IRunner.interrupt}):
 a greenlet still waiting then gets L{ClientDisconnected} from its wait, so
 the application unwinds instead of staying parked on something that may
-never fire.
+never fire.  The request timeout does the same with L{RequestTimedOut}.
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ class IRunner(Interface):
             that L{interrupt} can find it; L{None}: never interrupted.
         """
 
-    def interrupt(owner: Any) -> None:
+    def interrupt(owner: Any, reason: Optional[BaseException] = None) -> None:
         """
-        The client of C{owner}'s exchange left: a wait in a call made for
-        C{owner} that is still waiting once what the departure itself
+        The client of C{owner}'s exchange left (or the exchange was ended
+        from outside, e.g. by the request timeout): a wait in a call made
+        for C{owner} that is still waiting once what the ending itself
         released has run (a truncated body's readers, a released C{write()})
-        raises L{ClientDisconnected}, if the runner can interrupt it.
+        raises C{reason} (default: L{ClientDisconnected}), if the runner can
+        interrupt it.
         """
 
     def wait(make: Callable[[], Optional[Deferred[Any]]]) -> Any:
@@ -84,7 +86,7 @@ class ReactorRunner:
     def call(self, f: Callable[..., Any], *args: Any, owner: Any = None) -> Any:
         return f(*args)
 
-    def interrupt(self, owner: Any) -> None:
+    def interrupt(self, owner: Any, reason: Optional[BaseException] = None) -> None:
         """
         Nothing waits in the reactor thread.
         """
@@ -117,10 +119,11 @@ class ThreadRunner:
     def call(self, f: Callable[..., Any], *args: Any, owner: Any = None) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self.pool, f, *args)
 
-    def interrupt(self, owner: Any) -> None:
+    def interrupt(self, owner: Any, reason: Optional[BaseException] = None) -> None:
         """
         A blocked worker cannot be interrupted: the body and the engine
-        release what waits on them, a wait on another L{Deferred} lasts.
+        release what waits on them (a C{wsgi.input} read raises the reason
+        the exchange ended for), a wait on another L{Deferred} lasts.
         """
 
     def wait(self, make: Callable[[], Optional[Deferred[Any]]]) -> Any:
@@ -227,26 +230,28 @@ class GreenletRunner:
             del self._parked[child]
             self._resume(child, parked[1], (outcome,))
 
-    def interrupt(self, owner: Any) -> None:
+    def interrupt(self, owner: Any, reason: Optional[BaseException] = None) -> None:
         """
         Two reactor turns from now, if C{owner}'s latest call still waits,
-        resume it with L{ClientDisconnected}.  Not at once: never inside the
-        engine's or the connection's code, and wakes the departure has
-        already scheduled (a truncated body's readers get the more precise
-        L{BodyTruncated}) go first.
+        resume it with C{reason} (default: L{ClientDisconnected}).  Not at
+        once: never inside the engine's or the connection's code, and wakes
+        the ending has already scheduled (a truncated body's readers get the
+        more precise L{BodyTruncated}) go first.
         """
         if owner not in self._owned:
             return  # nothing runs for it (and close() calls have no owner)
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
-        reactor.callLater(0, reactor.callLater, 0, self._interrupt_now, owner)
+        reactor.callLater(0, reactor.callLater, 0, self._interrupt_now, owner, reason)
 
-    def _interrupt_now(self, owner: Any) -> None:
+    def _interrupt_now(self, owner: Any, reason: Optional[BaseException]) -> None:
         child = self._owned.get(owner)
         parked = None if child is None else self._parked.pop(child, None)
         if parked is not None:
-            self._resume(child, parked[1], (Failure(ClientDisconnected("the client went away")),))
+            if reason is None:
+                reason = ClientDisconnected("the client went away")
+            self._resume(child, parked[1], (Failure(reason),))
 
     def wait(self, make: Callable[[], Optional[Deferred[Any]]]) -> Any:
         current = self._getcurrent()

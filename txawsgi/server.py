@@ -25,7 +25,7 @@ from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from txawsgi.accesslog import AccessLog
+from txawsgi.accesslog import AccessLog, twisted_log_formatter
 from txawsgi.mounts import parse_prefix
 from txawsgi.proxy import ProxyHeaders
 from txawsgi.shutdown import Connections
@@ -62,7 +62,8 @@ class ServerChannel(AWSGIChannel):
     idle timer off while the application owns a request, and that can be
     told to close after its current request (graceful shutdown).
 
-    @ivar served: how many request heads it has received.
+    @ivar served: how many request heads it has received (a graceful
+        shutdown spares a fresh connection that has had none yet).
     """
 
     site: "ServerSite"
@@ -70,30 +71,25 @@ class ServerChannel(AWSGIChannel):
     _closing = False
     _head_timer: Optional[IDelayedCall] = None
 
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
+    def head_incomplete(self) -> None:
         # A head begun but not complete once this data is read (its first
         # byte came now, or with earlier data, then with the timer already
         # set): time it.  Most heads arrive whole, and need no timer.
-        if (
-            self._head_timer is None
-            and self.line_mode
-            and (self._head is not None or self._buffer)
-            and not self._lingering
-            and not self._refused
-        ):
+        if self._head_timer is None and not self._lingering:
             timeouts = getattr(self.site, "timeouts", None)
             limit = timeouts.header if timeouts is not None else None
             if limit:
                 self._head_timer = self.callLater(limit, self._head_timed_out)
 
     def allHeadersReceived(self) -> None:
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         self.served += 1
         super().allHeadersReceived()
-        if self.requests:
+        if self.length != 0 and self.timeOut and self.requests:
+            # (Only a request with a body may be dispatched at its head.)
             request = self.requests[-1]
-            if getattr(request, "dispatched_at_headers", False) and not request.finished and self.timeOut:
+            if getattr(request, "dispatched_at_headers", False) and not request.finished:
                 # The application owns the connection until it answers, and
                 # paces the body: the idle timer waits, as it does for a
                 # request Twisted buffered.
@@ -161,6 +157,11 @@ class ServerProtocol(_GenericHTTPChannelProtocol):  # type: ignore[misc, valid-t
             site.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._negotiatedProtocol is not None:
+            # Negotiated (with the first data): Twisted's dataReceived
+            # would only pass it on.
+            self._channel.dataReceived(data)
+            return
         super().dataReceived(data)
         if not self._h2_guarded and self._negotiatedProtocol == b"h2":
             self._h2_guarded = True
@@ -191,7 +192,7 @@ class ServerSite(AWSGISite):
         this site (e.g. C{/app}); a request path that already starts with
         it is routed as if it did not.
     @param access_log: where to log requests; L{None} keeps Twisted's own
-        request log.
+        request log (long fields cut as in L{txawsgi.accesslog}).
     """
 
     requestFactory = ServerRequest
@@ -211,7 +212,7 @@ class ServerSite(AWSGISite):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        super().__init__(resource, timeout=timeouts.keep_alive, reactor=reactor)
+        super().__init__(resource, timeout=timeouts.keep_alive, reactor=reactor, logFormatter=twisted_log_formatter)
         self.timeouts = timeouts
         self.proxy = proxy
         self.root_path = parse_prefix(root_path) if root_path else ()
@@ -219,12 +220,13 @@ class ServerSite(AWSGISite):
         self.connections = Connections(reactor)
 
     def getResourceFor(self, request: IRequest) -> Any:
-        if isinstance(request, ServerRequest):
-            if request.routed_at is None:
-                request.routed_at = self.reactor.seconds()
-            if self.proxy is not None and not request._proxied:
-                request._proxied = True
-                self.proxy.apply(request)
+        # (With none of these configured, routing is the AWSGISite's.)
+        if self.access_log is not None and isinstance(request, ServerRequest) and request.routed_at is None:
+            # Only the access log uses it (Twisted's logs when it is done).
+            request.routed_at = self.reactor.seconds()
+        if self.proxy is not None and isinstance(request, ServerRequest) and not request._proxied:
+            request._proxied = True
+            self.proxy.apply(request)
         root = self.root_path
         if root:
             postpath = request.postpath

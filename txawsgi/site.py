@@ -15,6 +15,7 @@ Twisted's HTTP/2 code does not expose the request head before the body.
 from __future__ import annotations
 
 import copy
+from enum import auto
 from io import BytesIO
 from typing import Any, Optional, cast
 
@@ -36,6 +37,7 @@ from zope.interface import implementer
 
 from txawsgi.input import Body, IBodyFlow, IBodySink
 from txawsgi.interfaces import IAWSGIResource
+from txawsgi.states import Machine, State, edges
 from txawsgi.wire import DIRECT, fields_of, http_date, parse_plain_head, send_head, set_fields
 from txawsgi.limits import (
     DEFAULT_LIMITS,
@@ -67,11 +69,46 @@ _FAST = (
 
 _SERVER_VERSION: bytes = server.version
 
-#: How long a connection the server closes (after a response that ends it,
-#: one that ended before its request body did, a refusal, a timeout) keeps
-#: reading and discarding, so the client sees the response, not a reset,
-#: before it is closed.
+#: A connection the server closes (after a response that ends it, one that
+#: ended before its request body did, a refusal, a timeout) shuts its write
+#: half once the response is out and keeps reading and discarding, so the
+#: client sees the response, not a reset, before it is closed: until the
+#: client closes, or has sent nothing for C{LINGER} seconds once the response
+#: is out (Apache's lingering close).  A client still sending (the rest of a
+#: body it sends before it reads anything, as C{requests} does) is read for
+#: as long as it sends, up to C{LINGER_MAX} seconds.
 LINGER = 2.0
+#: The most a lingering connection is read for while its client keeps
+#: sending (nginx's C{lingering_time}).
+LINGER_MAX = 30.0
+
+
+class Teardown(State):
+    """
+    How a connection the server closes gets there (see L{LINGER}).
+    """
+
+    #: Serving requests.
+    OPEN = auto()
+    #: The close has begun: the last response is still going out (the write
+    #: half shuts once it is); what the client sends is read and dropped.
+    FLUSHING = auto()
+    #: The write half is shut (the response is all with the kernel); what
+    #: the client sends is read and dropped until it closes or goes quiet.
+    LINGERING = auto()
+    #: The socket is closed, or closing without lingering.
+    CLOSED = auto()
+
+
+_TEARDOWN_EDGES = edges(
+    Teardown,
+    {
+        Teardown.OPEN: {Teardown.FLUSHING, Teardown.CLOSED},
+        Teardown.FLUSHING: {Teardown.LINGERING, Teardown.CLOSED},
+        Teardown.LINGERING: {Teardown.CLOSED},
+        Teardown.CLOSED: set(),
+    },
+)
 
 
 @implementer(IPushProducer)
@@ -328,9 +365,12 @@ class AWSGIChannel(http.HTTPChannel):
     transport: Any
     valve: _Valve
     limits: Limits = DEFAULT_LIMITS
-    _lingering = False
+    _teardown: Machine[Teardown]
     _lingering_request: Optional[AWSGIRequest] = None
     _linger_call: Any = None
+    #: Bytes dropped since the linger timer last ran, and how often it ran.
+    _linger_got = 0
+    _linger_ticks = 0
     _head: Optional[Head] = None
     _authority: Optional[bytes] = None
     _refused = False
@@ -344,25 +384,48 @@ class AWSGIChannel(http.HTTPChannel):
         # Twisted's own head limits never trip before ours (which count more).
         self.totalHeadersSize = limits.head
         self.maxHeaders = limits.fields + 1 if limits.fields else limits.head
+        self._teardown = Machine(Teardown.OPEN, _TEARDOWN_EDGES)
         super().connectionMade()
         self.valve = self._networkProducer = _Valve(self._networkProducer)
+
+    @property
+    def _lingering(self) -> bool:
+        """
+        Whether the server is closing this connection, reading and dropping
+        what the client still sends (L{Teardown}).
+        """
+        state = self._teardown.state
+        return state is Teardown.FLUSHING or state is Teardown.LINGERING
 
     # -- request-head hardening (txawsgi.limits) -------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if not self._whole_head_received(data):
             super().dataReceived(data)
-        # A line still without its end may already be over its limit.
-        if self._refused or not self.line_mode or self.paused:
+        if self._refused or not self.line_mode:
             return
         partial = len(self._buffer)
-        limits = self.limits
         head = self._head
-        if head is None:
-            if limits.request_line and partial > limits.request_line + 1 and self.persistent:
-                self.refuse(Refused(414, b"URI Too Long", f"request line over the limit of {limits.request_line} bytes"))
-        elif (limits.field_size and partial > limits.field_size - 1) or head.size + partial > limits.head:
-            self.refuse(Refused(431, b"Request Header Fields Too Large", "a header field or the head over its limit"))
+        if head is None and not partial:
+            # Between requests: every head so far came whole (the usual).
+            return
+        if not self.paused:
+            # A line still without its end may already be over its limit.
+            limits = self.limits
+            if head is None:
+                if limits.request_line and partial > limits.request_line + 1 and self.persistent:
+                    self.refuse(Refused(414, b"URI Too Long", f"request line over the limit of {limits.request_line} bytes"))
+            elif (limits.field_size and partial > limits.field_size - 1) or head.size + partial > limits.head:
+                self.refuse(Refused(431, b"Request Header Fields Too Large", "a header field or the head over its limit"))
+        if not self._refused:
+            self.head_incomplete()
+
+    def head_incomplete(self) -> None:
+        """
+        Called after data is read while a request head has begun but is not
+        complete (not for heads that arrive whole): for subclasses that time
+        heads (L{txawsgi.server.ServerChannel}).
+        """
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
@@ -506,27 +569,30 @@ class AWSGIChannel(http.HTTPChannel):
         self.persistent = False
         self.loseConnection()
 
-    _peer_address: Any = None
-    _local_address: Any = None
+    #: Both ends' addresses, asked of the transport once per connection
+    #: (one attribute, not two: see L{getPeer}).
+    _addresses: Any = None
 
     def getPeer(self) -> Any:
         """
         The peer's address, asked of the transport once per connection (each
         request records it; transports build a new address object per call).
         """
-        peer = self._peer_address
-        if peer is None:
-            peer = self._peer_address = self.transport.getPeer()
-        return peer
+        addresses = self._addresses
+        if addresses is None:
+            # (Each request asks for both; fewer instance attributes keep
+            # the channel's __dict__ a small key-sharing one.)
+            addresses = self._addresses = (self.transport.getPeer(), self.transport.getHost())
+        return addresses[0]
 
     def getHost(self) -> Any:
         """
         This end's address, asked of the transport once per connection.
         """
-        host = self._local_address
-        if host is None:
-            host = self._local_address = self.transport.getHost()
-        return host
+        addresses = self._addresses
+        if addresses is None:
+            addresses = self._addresses = (self.transport.getPeer(), self.transport.getHost())
+        return addresses[1]
 
     _secure: Optional[bool] = None
 
@@ -542,8 +608,10 @@ class AWSGIChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
-        authority, self._authority = self._authority, None
+        authority = self._authority
         if authority is not None:
+            # (Set only for an absolute-form target.)
+            self._authority = None
             # RFC 9112 section 3.2.2: an absolute-form target's authority is
             # the request's host, whatever Host says.
             request.requestHeaders.setRawHeaders(b"Host", [authority])
@@ -645,37 +713,74 @@ class AWSGIChannel(http.HTTPChannel):
         # of a body, a refused head) would otherwise get a reset that
         # destroys the response it has not read yet.  (Transports that
         # cannot half-close linger only where a body is known to follow.)
-        if self._lingering:
+        teardown = self._teardown
+        if teardown.state is not Teardown.OPEN:
             return
-        if self.transport is None or (
+        transport = self.transport
+        if transport is None or (
             self._lingering_request is None
             and not self._refused
-            and not IHalfCloseableDescriptor.providedBy(self.transport)
+            and not IHalfCloseableDescriptor.providedBy(transport)
         ):
+            teardown.to(Teardown.CLOSED)
             super().loseConnection()
             return
         self._lingering_request = None
-        self._lingering = True
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        teardown.to(Teardown.FLUSHING)
+        self.dataReceived = self._discard  # type: ignore[method-assign]
         self.valve.unregisterProducer()
         self.valve.release("body")
         self.valve.release("channel")
         try:
-            self.transport.loseWriteConnection()
+            # Shuts the write half once the response is out.
+            transport.loseWriteConnection()
         except AttributeError:
-            self.transport.loseConnection()
+            teardown.to(Teardown.CLOSED)
+            transport.loseConnection()
             return
-        self._linger_call = self.callLater(LINGER, self._stop_lingering)
+        self._linger_got = self._linger_ticks = 0
+        self._linger_call = self.callLater(LINGER, self._linger_tick)
 
-    def _stop_lingering(self) -> None:
+    def _discard(self, data: bytes) -> None:
+        # What the client sends while the connection closes.
+        self._linger_got += len(data)
+
+    def _linger_tick(self) -> None:
+        """
+        Every L{LINGER} seconds while closing: close once the response is
+        out and the client has sent nothing for a whole period, or once it
+        has sent for L{LINGER_MAX} seconds.  A response still going out to a
+        quiet client (a slow reader) is left to go out.
+        """
         self._linger_call = None
-        if self.transport is not None and self.transport.connected:
-            self.transport.loseConnection()
+        transport = self.transport
+        teardown = self._teardown
+        if transport is None or not transport.connected or not self._lingering:
+            return
+        got, self._linger_got = self._linger_got, 0
+        self._linger_ticks += 1
+        over = self._linger_ticks * LINGER >= LINGER_MAX
+        if teardown.state is Teardown.FLUSHING and getattr(transport, "_writeDisconnected", True):
+            teardown.to(Teardown.LINGERING)
+        if teardown.state is Teardown.LINGERING:
+            if not got or over:
+                teardown.to(Teardown.CLOSED)
+                transport.loseConnection()
+                return
+        elif got and over:
+            # Sending for ever, reading nothing of the response.
+            teardown.to(Teardown.CLOSED)
+            transport.abortConnection()
+            return
+        self._linger_call = self.callLater(LINGER, self._linger_tick)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         call, self._linger_call = self._linger_call, None
         if call is not None and call.active():
             call.cancel()
+        teardown = getattr(self, "_teardown", None)
+        if teardown is not None and teardown.state is not Teardown.CLOSED:
+            teardown.to(Teardown.CLOSED)
         super().connectionLost(reason)
         # Hold nothing of the requests (Twisted leaves them listed, and a
         # body cut short its decoder, whose callback is the request, whose

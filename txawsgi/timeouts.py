@@ -16,6 +16,9 @@ Three limits, each about one way a connection can hold resources:
     after it was called is cut off (C{503} if nothing was sent yet, else the
     connection is closed).  Off by default: long-polls and streams are
     legitimate.  Only WSGI applications are timed; static files always end.
+    An application waiting in a worker thread or a greenlet (a
+    C{wsgi.input} read, a greenlet's C{wait(d)}) gets L{RequestTimedOut}
+    from its wait, so the thread or greenlet is freed.
 
 Request bodies are the application's to pace (streamed bodies wait for
 C{on_get}), so they are not timed except by C{request}.

@@ -175,11 +175,26 @@ def _start_logging(config: dict[str, Any], reactor: Any) -> Optional[LineWriter]
             [FileLogObserver(sys.stdout, _format)], redirectStandardIO=False
         )
         return None
+    full_fd = config.get("log_full_fd")
+    on_full: Optional[Callable[[], None]] = None
+    if full_fd is not None:
+        os.set_inheritable(full_fd, False)
+        os.set_blocking(full_fd, False)
+
+        def on_full() -> None:
+            # Tell the supervisor: it rotates the file.
+            try:
+                os.write(full_fd, b"r")
+            except OSError:
+                pass  # it is gone, or has a pipe full of these
+
     writer = LineWriter(
         log_fd,
         reactor=reactor,
         on_error=_report_log_error,
         follow=config.get("log_path"),
+        full_at=config.get("log_rotate_length"),
+        on_full=on_full,
         owned=True,
     )
     atexit.register(writer.flush)

@@ -13,10 +13,14 @@ Workers write their log lines (Twisted's request log too) straight to the
 supervisor's log destination -- standard output under C{twistd -n}, or the
 C{--logfile} -- in the same format, tagged C{[worker-N]}: relaying every
 line through the supervisor would make it the bottleneck.  Each write is
-whole lines (see L{txawsgi.linelog}), so lines of different processes never
-interleave.  When the supervisor's log is anything else (syslog, a
-C{--logger}, C{twist}'s filtered or JSON logs), workers write to their
-standard output instead and the supervisor relays each line into its log.
+whole lines, so lines of different processes do not interleave (see
+L{txawsgi.linelog} for what the kernel guarantees).  A worker moves to the new file within L{FOLLOW_EVERY
+<txawsgi.linelog.FOLLOW_EVERY>} seconds once twistd's log file has been
+rotated; the file rotates at its real size (see L{LogTarget}), a worker
+telling the supervisor (through a pipe) when its lines made it reach that.
+When the supervisor's log is anything else (syslog, a C{--logger},
+C{twist}'s filtered or JSON logs), workers write to their standard output
+instead and the supervisor relays each line into its log.
 Whatever else workers print on their standard output or error is relayed
 too.
 
@@ -58,7 +62,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
-from twisted.python.logfile import BaseLogFile
+from twisted.python.logfile import BaseLogFile, LogFile
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
@@ -148,7 +152,10 @@ class LogTarget:
     A rotating twistd log file (C{--logfile}; it rotates by size and on
     C{SIGUSR1}) is written with C{O_APPEND} from here on, after every
     rotation too, and workers are given its path to follow it when it is
-    rotated.
+    rotated.  It rotates by its real size, everybody's lines counted (a
+    L{LogFile} counts only what it wrote itself): checked before each line
+    of its own, and when a worker says that its lines filled it
+    (L{rotate_if_full}).
 
     This looks at the global log publisher's observers and a
     L{FileLogObserver}'s file (private attributes of Twisted's): when they
@@ -159,8 +166,17 @@ class LogTarget:
     def __init__(self, out: Any) -> None:
         self._out = out
         self.path: Optional[str] = out.path if isinstance(out, BaseLogFile) else None
+        #: The size at which the file rotates (L{None}: not by size).
+        self.rotate_length: Optional[int] = None
         if self.path is not None:
             self._append_after_rotation(out)
+            if (
+                isinstance(out, LogFile)
+                and type(out).shouldRotate is LogFile.shouldRotate
+                and out.rotateLength
+            ):
+                self.rotate_length = int(out.rotateLength)
+                self._rotate_by_real_size(out)
         set_append(self.fileno())
 
     def fileno(self) -> int:
@@ -188,6 +204,37 @@ class LogTarget:
 
         _openFile._txawsgi_append = True  # type: ignore[attr-defined]
         logfile._openFile = _openFile
+
+    @staticmethod
+    def _rotate_by_real_size(logfile: LogFile) -> None:
+        """
+        Make C{logfile} rotate when the file is C{rotateLength} bytes long,
+        whoever wrote them.
+        """
+        if getattr(logfile.shouldRotate, "_txawsgi_size", False):
+            return
+
+        def shouldRotate() -> bool:
+            limit = logfile.rotateLength
+            if not limit:
+                return False
+            try:
+                size = os.fstat(logfile._file.fileno()).st_size  # type: ignore[attr-defined]
+            except (OSError, ValueError):
+                size = logfile.size
+            return bool(size >= limit)
+
+        shouldRotate._txawsgi_size = True  # type: ignore[attr-defined]
+        logfile.shouldRotate = shouldRotate  # type: ignore[method-assign]
+
+    def rotate_if_full(self) -> None:
+        """
+        Rotate the log file now if it has reached its size.
+        """
+        out = self._out
+        if self.rotate_length is not None and out.shouldRotate():
+            out.flush()
+            out.rotate()
 
     @classmethod
     def find(cls, publisher: Any = globalLogPublisher) -> Optional["LogTarget"]:
@@ -228,6 +275,8 @@ class _Watched(ProcessProtocol):
         self._supervisor = supervisor
         self.name: str = getattr(inner, "name", "worker")
         self.pid: Optional[int] = None
+        #: The descriptor on which the worker says the log file is full.
+        self._full_fd = supervisor._log_full_slot()
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
@@ -236,6 +285,9 @@ class _Watched(ProcessProtocol):
         self._supervisor._started(self)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == self._full_fd:
+            self._supervisor._log_full()
+            return
         self._inner.childDataReceived(childFD, data)
 
     def childConnectionLost(self, childFD: int) -> None:
@@ -343,6 +395,9 @@ class Supervisor(Service):
             fds[access_fd] = self.access_log.fileno  # type: ignore[union-attr]
         if log_fd is not None:
             fds[log_fd] = self.log_target.fileno()  # type: ignore[union-attr]
+        full_fd = self._log_full_slot()
+        if full_fd is not None:
+            fds[full_fd] = "r"
         return fds
 
     def _access_log_slot(self) -> Optional[int]:
@@ -360,6 +415,16 @@ class Supervisor(Service):
         if self.log_target is None:
             return None
         return FIRST_FD + len(self.sockets) + (self._access_log_slot() is not None)
+
+    def _log_full_slot(self) -> Optional[int]:
+        """
+        The descriptor number in a worker of the pipe on which it says that
+        the log file has reached its rotation size, if it rotates by size.
+        """
+        log_fd = self._log_slot()
+        if log_fd is None or self.log_target is None or self.log_target.rotate_length is None:
+            return None
+        return log_fd + 1
 
     def worker_config(self, index: int) -> dict[str, Any]:
         """
@@ -379,6 +444,8 @@ class Supervisor(Service):
             "access_log_fd": self._access_log_slot(),
             "log_fd": self._log_slot(),
             "log_path": self.log_target.path if self.log_target is not None else None,
+            "log_rotate_length": self.log_target.rotate_length if self.log_target is not None else None,
+            "log_full_fd": self._log_full_slot(),
         }
 
     def worker_env(self, index: int) -> dict[str, str]:
@@ -464,6 +531,18 @@ class Supervisor(Service):
             exited, self._exited = self._exited, []
             for d in exited:
                 d.callback(None)
+
+    def _log_full(self) -> None:
+        """
+        A worker's lines made the log file reach its rotation size: rotate
+        it (unless another worker's word did already).
+        """
+        if self.log_target is None:
+            return
+        try:
+            self.log_target.rotate_if_full()
+        except Exception:
+            self._log.failure("Cannot rotate the log file")
 
     def _all_exited(self) -> Deferred[None]:
         if not self.workers:
