@@ -114,6 +114,13 @@ _FLOW_EDGES = edges(
     {Flow.FLOWING: {Flow.PAUSED}, Flow.PAUSED: {Flow.FLOWING}},
 )
 
+#: The states as module names, for the per-request paths: on Python 3.11
+#: each C{Run.X} goes through C{EnumType}'s C{__getattr__} hook (a
+#: method-wrapper call, ten times the cost of a global).
+_CALLING, _RUNNING, _PULLING, _WAITING = Run.CALLING, Run.RUNNING, Run.PULLING, Run.WAITING
+_CANCELLING, _DONE, _FAILED, _ABORTED = Run.CANCELLING, Run.DONE, Run.FAILED, Run.ABORTED
+_FLOWING, _PAUSED = Flow.FLOWING, Flow.PAUSED
+
 
 @implementer(IPushProducer)
 class Engine:
@@ -176,8 +183,8 @@ class Engine:
         self._next: Optional[Callable[[], Any]] = None
         self._response = response
         self._ended = ended
-        self._run = Machine(Run.CALLING, _RUN_EDGES)
-        self._flow = Machine(Flow.FLOWING, _FLOW_EDGES)
+        self._run = Machine(_CALLING, _RUN_EDGES)
+        self._flow = Machine(_FLOWING, _FLOW_EDGES)
         self._woken = False
         self._delay = BACKOFF_INITIAL
         self._timer: Any = None
@@ -206,7 +213,7 @@ class Engine:
         """
         Whether the transport has asked us to stop producing.
         """
-        return self._flow.state is Flow.PAUSED
+        return self._flow.state is _PAUSED
 
     # -- driving ---------------------------------------------------------
 
@@ -221,7 +228,7 @@ class Engine:
         if self._run.state in FINAL:
             self._close()
             return
-        self._run.to(Run.RUNNING)
+        self._run.to(_RUNNING)
         if self._runner.inline and iterable.__class__ in _SEQUENCES:
             self._write_all(iterable)  # type: ignore[arg-type]
             return
@@ -284,15 +291,15 @@ class Engine:
             self._first = None
             return first
         state = self._run.state
-        if state is not Run.RUNNING:
+        if state is not _RUNNING:
             # WAITING cannot be seen here: the cooperator waits for the
             # Deferred that ends it.  Anything else is final.
             raise StopIteration
-        if self._flow.state is Flow.PAUSED:
+        if self._flow.state is _PAUSED:
             if self._unpaused is None:
                 self._unpaused = Deferred()
             return self._unpaused
-        self._run.to(Run.PULLING)
+        self._run.to(_PULLING)
         if not self._runner.inline:
             pulled = self._runner.call(self._pull, owner=self)
             pulled.addCallbacks(self._handle, self._handle_failure)
@@ -314,7 +321,7 @@ class Engine:
         Act on what one pull produced.  Runs in the reactor thread.
         """
         run = self._run
-        if run.state is Run.CANCELLING:
+        if run.state is _CANCELLING:
             self._end_cancelled()
             return None
         try:
@@ -325,7 +332,7 @@ class Engine:
                             f"{type(self._armed).__name__}: the application must yield b'' "
                             f"right after suspending, not {chunk!r:.40}"
                         )
-                    run.to(Run.RUNNING)
+                    run.to(_RUNNING)
                     self._delay = BACKOFF_INITIAL
                     response = self._response
                     response.write(chunk)
@@ -337,7 +344,7 @@ class Engine:
                 self._complete()
                 return None
             if isinstance(chunk, bytes):
-                run.to(Run.RUNNING)
+                run.to(_RUNNING)
                 self._response.write(bytes(chunk))
                 return None
             raise InvalidBody(
@@ -347,7 +354,7 @@ class Engine:
             return self._handle_failure(Failure())
 
     def _handle_failure(self, reason: Failure) -> None:
-        if self._run.state is Run.CANCELLING:
+        if self._run.state is _CANCELLING:
             if not self._unwound(reason):
                 self._log.failure("Application error after the exchange was cancelled", reason)
             self._end_cancelled()
@@ -369,17 +376,17 @@ class Engine:
             # and a wake that came before the suspension does not count.
             self._woken = False
             if not armed.idle:
-                run.to(Run.RUNNING)
+                run.to(_RUNNING)
                 return None
-            run.to(Run.WAITING)
+            run.to(_WAITING)
             self._waiting_on = armed
             sleeping = self._sleeping = Deferred()
             return sleeping
         if self._woken:
             self._woken = False
-            run.to(Run.RUNNING)
+            run.to(_RUNNING)
             return None
-        run.to(Run.WAITING)
+        run.to(_WAITING)
         for source in self.sources:
             if source.idle:
                 break
@@ -408,15 +415,15 @@ class Engine:
         engine is busy makes its next empty chunk not sleep.
         """
         state = self._run.state
-        if state is Run.WAITING:
+        if state is _WAITING:
             waiting_on = self._waiting_on
             if waiting_on is not None and waiting_on.idle:
                 # Suspended on one source, which has not fired: another
                 # source's wake (a controller put) does not resume it.
                 return
-            self._run.to(Run.RUNNING)
+            self._run.to(_RUNNING)
             self._resume_sleeper()
-        elif state is Run.RUNNING or state is Run.PULLING:
+        elif state is _RUNNING or state is _PULLING:
             self._woken = True
 
     def deliver(self, source: Any, data: bytes) -> bool:
@@ -434,10 +441,10 @@ class Engine:
             # About to write: follow the transport's pace (see start()).
             self._response.attach(self)
         if (
-            self._run.state is not Run.WAITING
+            self._run.state is not _WAITING
             or self._iterable is not source
             or self._waiting_on is not None
-            or self._flow.state is Flow.PAUSED
+            or self._flow.state is _PAUSED
             or not self._response.accepts(len(data))
         ):
             return False
@@ -465,12 +472,12 @@ class Engine:
     # -- IPushProducer -------------------------------------------------------
 
     def pauseProducing(self) -> None:
-        if self._flow.state is Flow.FLOWING:
-            self._flow.to(Flow.PAUSED)
+        if self._flow.state is _FLOWING:
+            self._flow.to(_PAUSED)
 
     def resumeProducing(self) -> None:
-        if self._flow.state is Flow.PAUSED:
-            self._flow.to(Flow.FLOWING)
+        if self._flow.state is _PAUSED:
+            self._flow.to(_FLOWING)
             unpaused, self._unpaused = self._unpaused, None
             if unpaused is not None:
                 unpaused.callback(None)
@@ -486,7 +493,7 @@ class Engine:
         fires when it resumes (for blocking writers in worker threads).
         """
         state = self._run.state
-        if self._flow.state is Flow.FLOWING or state in FINAL or state is Run.CANCELLING:
+        if self._flow.state is _FLOWING or state in FINAL or state is _CANCELLING:
             return None
         if self._unpaused is None:
             self._unpaused = Deferred()
@@ -502,12 +509,12 @@ class Engine:
         any pull in progress has returned).
         """
         state = self._run.state
-        if state in FINAL or state is Run.CANCELLING:
+        if state in FINAL or state is _CANCELLING:
             return
         # A greenlet still waiting (in the call or a pull) gets ClientDisconnected.
         self._runner.interrupt(self)
-        if state is Run.PULLING:
-            self._run.to(Run.CANCELLING)
+        if state is _PULLING:
+            self._run.to(_CANCELLING)
             self._release_writer()
             return
         self._abort_now()
@@ -519,13 +526,13 @@ class Engine:
         fail the response as if the iterable had raised.
         """
         state = self._run.state
-        if state in FINAL or state is Run.CANCELLING:
+        if state in FINAL or state is _CANCELLING:
             if not self._unwound(reason):
                 self._log.failure("Application error after the exchange ended", reason)
             return
-        if state is Run.PULLING:
+        if state is _PULLING:
             self._cancel = reason
-            self._run.to(Run.CANCELLING)
+            self._run.to(_CANCELLING)
             self._release_writer()
             return
         self._fail(reason)
@@ -537,7 +544,7 @@ class Engine:
         the call or a pull) with C{reason}'s exception, so it unwinds.
         """
         state = self._run.state
-        if state in FINAL or state is Run.CANCELLING:
+        if state in FINAL or state is _CANCELLING:
             return
         self._runner.interrupt(self, reason.value)
         self.crash(reason)
@@ -569,9 +576,9 @@ class Engine:
             self._fail(reason)
 
     def _abort_now(self) -> None:
-        self._run.to(Run.ABORTED)
+        self._run.to(_ABORTED)
         self._response.abort()
-        self._end(Run.ABORTED)
+        self._end(_ABORTED)
 
     def _complete(self) -> None:
         try:
@@ -579,13 +586,13 @@ class Engine:
         except Exception:
             self._fail(Failure())
             return
-        self._run.to(Run.DONE)
-        self._end(Run.DONE)
+        self._run.to(_DONE)
+        self._end(_DONE)
 
     def _fail(self, reason: Failure) -> None:
-        self._run.to(Run.FAILED)
+        self._run.to(_FAILED)
         self._response.fail(reason)
-        self._end(Run.FAILED)
+        self._end(_FAILED)
 
     def _end(self, final: Run) -> None:
         self._release()
@@ -601,8 +608,11 @@ class Engine:
         engine (to wake it), and nothing wakes an ended one.
         """
         self._parked = False
-        self._resume_sleeper()
-        self._release_writer()
+        # (Usually nothing waits: skip the calls that would find so.)
+        if self._sleeping is not None or self._timer is not None or self._waiting_on is not None:
+            self._resume_sleeper()
+        if self._unpaused is not None:
+            self._release_writer()
         self._armed = None
         self.sources.clear()
         self.resumed = None

@@ -6,7 +6,7 @@ its body to the engine and the response.
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable, Iterable, Optional, Sequence, cast
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -29,6 +29,9 @@ from txawsgi.runners import IRunner
 from txawsgi.suspend import Suspender
 
 WSGIApplication = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+
+#: (Module names, not C{Run.X}: see L{txawsgi.engine}'s.)
+_CALLING, _ABORTED = Run.CALLING, Run.ABORTED
 
 
 def _end_reason(final: Run) -> Optional[BaseException]:
@@ -130,9 +133,11 @@ class Exchange:
 
     def __init__(self, container: Container, request: IRequest) -> None:
         # IRequest is all Resource.render promises; the exchange serves the
-        # twisted.web.server.Request (or AWSGIRequest) it really is.
+        # twisted.web.server.Request (or AWSGIRequest) it really is, whose
+        # content file is set.  (Said with ignores, not typing.cast(): a
+        # Python-level call, on every request.)
         self._container = container
-        self._request = cast(Request, request)
+        self._request: Request = request  # type: ignore[assignment]
         self._response = Response(self._request, container.log)
         self._engine = Engine(
             container.reactor,
@@ -142,7 +147,7 @@ class Exchange:
             container.runner,
         )
         self._controller: Optional[Controller] = None
-        self._body: IRequestBody = BufferedBody(container.reactor, cast("IO[bytes]", self._request.content))
+        self._body: IRequestBody = BufferedBody(container.reactor, self._request.content)  # type: ignore[arg-type]
         self._shutting_down = False
         self._flag: Optional[TimeoutFlag] = None
         self._fdevents: Optional[FdEvents] = None
@@ -246,7 +251,7 @@ class Exchange:
         container = self._container
         response = self._response
         engine = self._engine
-        if engine.state is not Run.CALLING:
+        if engine.state is not _CALLING:
             return
         if "HTTP_TRANSFER_ENCODING" in environ:
             self._unframe(environ)
@@ -408,7 +413,7 @@ class Exchange:
         """
         The engine reached a final state: tell the controller, drop the body.
         """
-        if final is Run.ABORTED:
+        if final is _ABORTED:
             # The transport stops its producer (the engine) before the
             # request hears of the lost connection: a body still arriving
             # must report its truncation before it is closed.

@@ -96,6 +96,18 @@ _EDGES = edges(
 #: Phases after which nothing is registered or written.
 _ENDED = frozenset({Phase.COMPLETE, Phase.ABORTED})
 
+#: The phases as module names, for the per-request paths: on Python 3.11
+#: each C{Phase.X} goes through C{EnumType}'s C{__getattr__} hook (a
+#: method-wrapper call, ten times the cost of a global), a dozen times a
+#: request.
+_PENDING, _STARTED, _SENDING, _COMPLETE, _ABORTED = (
+    Phase.PENDING,
+    Phase.STARTED,
+    Phase.SENDING,
+    Phase.COMPLETE,
+    Phase.ABORTED,
+)
+
 
 def _latin1(value: Any, error: type[Exception], what: str) -> bytes:
     """
@@ -232,7 +244,7 @@ class Response:
     def __init__(self, request: Request, log: Logger) -> None:
         self._request = request
         self._log = log
-        self._machine = Machine(Phase.PENDING, _EDGES)
+        self._machine = Machine(_PENDING, _EDGES)
         self._code = 200
         self._reason = b"OK"
         self._headers: list[tuple[bytes, bytes]] = []
@@ -255,7 +267,7 @@ class Response:
         """
         Whether the status line has gone out (so errors can only abort).
         """
-        return self._machine.state is not Phase.PENDING and self._machine.state is not Phase.STARTED
+        return self._machine.state is not _PENDING and self._machine.state is not _STARTED
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         """
@@ -267,11 +279,11 @@ class Response:
         state = self._machine.state
         if exc_info is not None:
             try:
-                if state is not Phase.PENDING and state is not Phase.STARTED:
+                if state is not _PENDING and state is not _STARTED:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
-        elif state is Phase.ABORTED or self._superseded:
+        elif state is _ABORTED or self._superseded:
             # The client went away (or the server answered for the
             # application) while the application was being called (in a
             # worker or a greenlet): nothing will be sent, but the
@@ -279,13 +291,13 @@ class Response:
             check_status(status)
             check_headers(headers)
             return self.app_write or self.write
-        elif state is not Phase.PENDING:
+        elif state is not _PENDING:
             raise StartResponseError("start_response() called a second time without exc_info")
         code, reason = check_status(status)
         encoded = check_headers(headers)
         remaining = _declared_length(encoded)
         self._code, self._reason, self._headers, self._remaining = code, reason, encoded, remaining
-        self._machine.to(Phase.STARTED)
+        self._machine.to(_STARTED)
         return self.app_write or self.write
 
     def attach(self, producer: Any) -> None:
@@ -329,7 +341,7 @@ class Response:
                     response_headers.removeHeader(name)
             for name, value in headers:
                 response_headers.addRawHeader(name, value)
-        self._machine.to(Phase.SENDING)
+        self._machine.to(_SENDING)
 
     def accepts(self, size: int) -> bool:
         """
@@ -337,7 +349,7 @@ class Response:
         has started (the headers are gone, so an error can no longer become
         a 500) and they fit the declared Content-Length.
         """
-        if self._machine.state is not Phase.SENDING:
+        if self._machine.state is not _SENDING:
             return False
         remaining = self._remaining
         return remaining is None or size <= remaining
@@ -354,13 +366,13 @@ class Response:
                 raise InvalidBody(f"response body must be bytes, not {type(data).__name__}")
             data = bytes(data)
         state = self._machine.state
-        if state is Phase.PENDING:
+        if state is _PENDING:
             raise StartResponseError("body data before start_response()")
-        if not data or state is Phase.ABORTED:
+        if not data or state is _ABORTED:
             return
-        if state is Phase.STARTED:
+        if state is _STARTED:
             self._send_headers()
-        elif state is Phase.COMPLETE:
+        elif state is _COMPLETE:
             if self._superseded:
                 return
             raise StartResponseError("body data after the response ended")
@@ -392,14 +404,14 @@ class Response:
         @raise StartResponseError: if C{start_response} was never called.
         """
         state = self._machine.state
-        if state is Phase.ABORTED:
+        if state is _ABORTED:
             return
-        if state is Phase.PENDING:
+        if state is _PENDING:
             raise StartResponseError("the application returned without calling start_response()")
-        if state is Phase.STARTED:
+        if state is _STARTED:
             self._send_headers()
         request = self._request
-        self._machine.to(Phase.COMPLETE)
+        self._machine.to(_COMPLETE)
         self._detach()
         short = self._remaining
         if short and request.method != b"HEAD" and self._code not in NO_BODY_CODES:
@@ -428,7 +440,7 @@ class Response:
         state = self._machine.state
         too_large = reason.check(BodyTooLarge) is not None
         timed_out = reason.check(RequestTimedOut) is not None
-        if state is Phase.ABORTED or state is Phase.COMPLETE:
+        if state is _ABORTED or state is _COMPLETE:
             if not too_large and not timed_out:
                 self._log.failure("Application error after the response ended", reason)
             return
@@ -443,8 +455,8 @@ class Response:
             code, phrase, body = 500, b"Internal Server Error", ERROR_BODY
         request = self._request
         self._detach()
-        if state is Phase.SENDING:
-            self._machine.to(Phase.ABORTED)
+        if state is _SENDING:
+            self._machine.to(_ABORTED)
             http1 = request.clientproto.startswith(b"HTTP/1.")
             if not timed_out and http1 and (getattr(request, "chunked", False) or self._remaining):
                 # The framing shows the cut (no last chunk, or fewer bytes
@@ -465,9 +477,9 @@ class Response:
             (b"Content-Length", b"%d" % len(body)),
         ]
         self._remaining = len(body)
-        self._machine.to(Phase.STARTED)
+        self._machine.to(_STARTED)
         self.write(body)
-        self._machine.to(Phase.COMPLETE)
+        self._machine.to(_COMPLETE)
         request.finish()
 
     def abort(self) -> None:
@@ -475,8 +487,8 @@ class Response:
         The client went away: nothing more will be written.
         """
         self._detach()
-        if self._machine.state is not Phase.COMPLETE and self._machine.state is not Phase.ABORTED:
-            self._machine.to(Phase.ABORTED)
+        if self._machine.state is not _COMPLETE and self._machine.state is not _ABORTED:
+            self._machine.to(_ABORTED)
 
 
 def abort_connection(request: Request) -> None:

@@ -267,7 +267,7 @@ class AWSGIRequest(server.Request):
     def write(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self.startedWriting and self._ends_before_body():
+        if not self.startedWriting and self.dispatched_at_headers and self._ends_before_body():
             # The connection will close after this response (see finish):
             # say so in it (RFC 9112 section 9.6), so the client does not
             # reuse it.

@@ -23,6 +23,11 @@ class State(Enum):
     Members are singletons, so identity is their hash: membership tests and
     transition lookups, on every request's hot path, skip C{Enum}'s
     Python-level C{__hash__}.
+
+    On Python 3.11 every C{Run.RUNNING} is looked up through C{EnumType}'s
+    C{__getattr__} hook, a method-wrapper call costing ten times a global:
+    modules whose per-request paths test states bind the members to module
+    names (C{_RUNNING = Run.RUNNING}) and use those there.
     """
 
     __hash__ = object.__hash__
