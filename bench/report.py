@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 SCENARIO_TITLES = {
     "hello": "Hello world",
+    "logged": "Hello world, every server writing its access log",
     "stream": "Streamed response",
     "upload": "Upload read through on_get",
     "longpoll": "Long-polls held on controllers, released by one broadcast",
@@ -171,6 +172,13 @@ def write_rst(results: dict, path: Path, chart: Optional[str]) -> None:
         f"sending ``Connection: close``; {rounds['hello']} rounds."
     )
     w(
+        "- **Access log on**: hello with 50 keep-alive connections as above, with every server "
+        "writing a line per request to standard output: txawsgi ``--access-log -`` (its own combined "
+        "log), bare Twisted and ``WSGIResource`` Twisted's request log through ``twistd``'s log, "
+        "gunicorn ``--access-logfile -``, gevent ``log=sys.stdout``, uvicorn its default access log; "
+        f"waitress has none.  {rounds.get('logged', rounds['hello'])} rounds."
+    )
+    w(
         f"- **Streamed response**: ``GET /stream`` of {_size(cfg['stream_size'])} in fresh 64 KiB "
         f"blocks, read as fast as possible, {cfg['stream_count']} per round, {rounds['stream']} rounds.  "
         "txawsgi's app ``put()``\\ s and waits for ``on_drain``; the bare Twisted resource registers a pull "
@@ -211,7 +219,16 @@ def write_rst(results: dict, path: Path, chart: Optional[str]) -> None:
     w(
         "RSS is summed over the server's process tree (gunicorn: master + worker).  MB/s is "
         "10\\ :sup:`6` bytes per second.  Every Twisted-based server (txawsgi, bare Twisted, "
-        "``WSGIResource``) runs under ``twistd -n`` with Twisted's default access log to stdout."
+        "``WSGIResource``) runs under ``twistd -n``.  "
+        + (
+            "Every server writes an access log line per request in every scenario (``--access-log``)."
+            if results.get("access_log") else
+            "Outside the access-log rows no server logs requests (gunicorn's and waitress's default; "
+            "txawsgi ``--no-access-log``, bare Twisted and ``WSGIResource`` with ``Site.log`` a no-op, "
+            "gevent ``log=None``, uvicorn ``--no-access-log``): Twisted's request log costs about as "
+            "much as the rest of a bare Twisted hello, so logging in some servers only would not be a "
+            "side-by-side figure."
+        )
     )
     w("")
     w("Servers")

@@ -3,7 +3,8 @@
 txawsgi benchmark harness: one command, every server, every scenario.
 
     python bench/run.py [--rounds N] [--duration S] [--scenarios hello,stream,...]
-                        [--servers txawsgi,twisted,...] [--quick] [--docs | --no-docs]
+                        [--servers txawsgi,twisted,...] [--quick] [--access-log]
+                        [--docs | --no-docs]
 
 Run it with an interpreter that has Twisted (txawsgi is imported from this
 checkout); the anchor servers (gunicorn, waitress, gevent, uvicorn) and
@@ -61,7 +62,7 @@ from servers import (  # noqa: E402
     txawsgi_flags,
 )
 
-SCENARIOS = ["hello", "stream", "upload", "longpoll", "slow", "workers"]
+SCENARIOS = ["hello", "logged", "stream", "upload", "longpoll", "slow", "workers"]
 MiB = 1024 * 1024
 BASELINE = "twisted"
 
@@ -117,6 +118,7 @@ def metrics(cfg: Config) -> list[Metric]:
         Metric("hello_ka1", "hello", "hello, keep-alive, 1 connection", "req/s", True),
         Metric("hello_ka50", "hello", "hello, keep-alive, 50 connections", "req/s", True),
         Metric("hello_close50", "hello", "hello, no keep-alive, 50 connections", "req/s", True),
+        Metric("logged_ka50", "logged", "hello, keep-alive, 50 connections, access log on", "req/s", True),
         Metric("stream_mbs", "stream", f"{size(cfg.stream_size)} streamed response", "MB/s", True),
         Metric("upload_mbs", "upload", f"{size(cfg.upload_size)} upload", "MB/s", True),
         Metric("upload_rss", "upload", f"{size(cfg.upload_size)} upload: server peak RSS", "MiB", False),
@@ -211,6 +213,14 @@ class Harness:
             "hello_ka50": self._hello_run("hello_ka50", server, h, 50, False),
             "hello_close50": self._hello_run("hello_close50", server, h, 50, True),
         }
+
+    def logged(self, server: Server, h: Running) -> dict[str, Any]:
+        """
+        hello, 50 keep-alive connections, with every server writing its
+        access log to standard output (L{Context.logs}).
+        """
+        self.wrk(h.port, 50, self.cfg.warmup)
+        return {"logged_ka50": self._hello_run("logged_ka50", server, h, 50, False)}
 
     def workers(self, server: Server, h: Running) -> dict[str, Any]:
         """
@@ -488,6 +498,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     docs.add_argument("--docs", dest="docs", action="store_true", default=None,
                       help="rewrite docs/benchmarks.rst and .png (default: only for a full run)")
     docs.add_argument("--no-docs", dest="docs", action="store_false")
+    parser.add_argument(
+        "--access-log", action="store_true",
+        help="every server logs every request in every scenario (default: only in 'logged')",
+    )  # fmt: skip
     parser.add_argument("--venv", default=str(BENCH / ".venv"), help="where the anchor servers are installed")
     args = parser.parse_args(argv)
 
@@ -503,7 +517,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.slow_rounds is not None:
         cfg.slow_rounds = max(1, args.slow_rounds)
     scenario_rounds = {
-        "hello": cfg.rounds, "stream": cfg.rounds, "upload": cfg.rounds, "workers": cfg.rounds,
+        "hello": cfg.rounds, "logged": cfg.rounds, "stream": cfg.rounds, "upload": cfg.rounds, "workers": cfg.rounds,
         "longpoll": min(cfg.rounds, cfg.longpoll_rounds), "slow": min(cfg.rounds, cfg.slow_rounds),
     }  # fmt: skip
 
@@ -541,9 +555,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     venv_python = ensure_venv(Path(args.venv), log) if needs_venv else None
     if venv_python is None and Path(args.venv, "bin", "python").exists():
         venv_python = str(Path(args.venv, "bin", "python"))
-    wrk = ensure_wrk(log) if set(scenarios) & {"hello", "workers"} else shutil.which("wrk")
+    wrk = ensure_wrk(log) if set(scenarios) & {"hello", "logged", "workers"} else shutil.which("wrk")
     flags, help_text = txawsgi_flags(sys.executable)
-    ctx = Context(tx_python=sys.executable, venv_python=venv_python, txawsgi_flags=flags, run_dir=run_dir)
+    ctx = Context(
+        tx_python=sys.executable, venv_python=venv_python, txawsgi_flags=flags, run_dir=run_dir,
+        access_log=args.access_log,
+    )  # fmt: skip
     harness = Harness(cfg, ctx, wrk, venv_python or sys.executable)
 
     skipped: dict[str, str] = {}
@@ -554,7 +571,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif server.python == "venv" and not venv_python:
             skipped[server.name] = "the bench virtualenv could not be created"
     if not wrk:
-        for s in ("hello", "workers"):
+        for s in ("hello", "logged", "workers"):
             if s in scenarios:
                 log(f"skipping {s}: wrk is not installed and could not be installed")
                 scenarios.remove(s)
@@ -671,6 +688,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "scenario_rounds": scenario_rounds,
         "machine": machine(ctx, venv_python, wrk),
         "pinned": cpus() >= 2,
+        "access_log": ctx.access_log,
         "loadavg": {
             "min": min(loads, default=0.0), "median": statistics.median(loads) if loads else 0.0,
             "max": max(loads, default=0.0),

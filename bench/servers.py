@@ -66,6 +66,18 @@ class Context:
     txawsgi_flags: set[str]
     run_dir: Path
     wait_timeout: float = 60.0
+    #: Every server logs every request in every scenario (--access-log);
+    #: otherwise only in the "logged" scenario.
+    access_log: bool = False
+
+    def logs(self, scenario: str) -> bool:
+        """
+        Whether servers log each request in C{scenario}.  By default none
+        does (what gunicorn, waitress and gevent do by default): an access
+        log costs a Twisted server as much as the rest of a hello, and
+        logging in some servers only would not be a side-by-side figure.
+        """
+        return self.access_log or scenario == "logged"
 
 
 @dataclass
@@ -103,6 +115,12 @@ def _txawsgi(threads: int = 0, workers: int = 0) -> Callable[[Context, int, str]
             cmd += ["--workers", str(workers)]
         if scenario == "upload" and not threads and "stream-input" in ctx.txawsgi_flags:
             cmd += ["--stream-input"]
+        if ctx.logs(scenario):
+            # Its own access log (combined format, to stdout): the cheaper
+            # of the two it offers, as a production setup would choose.
+            cmd += ["--access-log", "-"]
+        elif "no-access-log" in ctx.txawsgi_flags:
+            cmd += ["--no-access-log"]
         return cmd
 
     return argv
@@ -116,7 +134,20 @@ def _gunicorn(workers: int) -> Callable[[Context, int, str], list[str]]:
     return lambda ctx, port, scenario: [
         ctx.venv_python, "-m", "gunicorn", "-k", "sync", "-w", str(workers),
         "-b", f"127.0.0.1:{port}", "--backlog", "4096", "--timeout", "300",
-        "--graceful-timeout", "3", "--chdir", str(APPS), "wsgi_app:application",
+        "--graceful-timeout", "3", "--chdir", str(APPS),
+        *(["--access-logfile", "-"] if ctx.logs(scenario) else []),
+        "wsgi_app:application",
+    ]  # fmt: skip
+
+
+def _uvicorn(ctx: Context, port: int, scenario: str) -> list[str]:
+    logs = ctx.logs(scenario)
+    return [
+        ctx.venv_python, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(APPS),
+        "--host", "127.0.0.1", "--port", str(port), "--backlog", "4096",
+        "--loop", "uvloop", "--http", "httptools",
+        *([] if logs else ["--no-access-log"]), "--log-level", "info" if logs else "warning",
+        "--timeout-graceful-shutdown", "3",
     ]  # fmt: skip
 
 
@@ -145,19 +176,14 @@ SERVERS = [
             ctx.venv_python, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--backlog=4096",
             "wsgi_app:application",
         ],
+        notes={"logged": "waitress has no access log of its own: it logs nothing here either"},
     ),
     Server(
         "gevent", "gevent.pywsgi, monkey-patched, TCP_NODELAY", "base", "venv",
         lambda ctx, port, scenario: [ctx.venv_python, str(APPS / "gevent_server.py"), str(port)],
     ),
     Server(
-        "uvicorn", "uvicorn (uvloop, httptools), raw ASGI app", "base", "venv",
-        lambda ctx, port, scenario: [
-            ctx.venv_python, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(APPS),
-            "--host", "127.0.0.1", "--port", str(port), "--backlog", "4096",
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            "--log-level", "warning", "--timeout-graceful-shutdown", "3",
-        ],  # fmt: skip
+        "uvicorn", "uvicorn (uvloop, httptools), raw ASGI app", "base", "venv", _uvicorn,
     ),
     Server(
         "txawsgi-w2", "txawsgi, --workers 2", "workers", "tx", _txawsgi(workers=2),
@@ -260,6 +286,8 @@ class Running:
             PYTHONUNBUFFERED="1",
             BENCH_PORT=str(self.port),
             BENCH_WAIT_TIMEOUT=str(ctx.wait_timeout),
+            # (For the servers configured in bench/apps: the .tac files and gevent.)
+            BENCH_ACCESS_LOG="1" if ctx.logs(scenario) else "0",
         )
         if self.trigger_port:
             env["BENCH_TRIGGER_PORT"] = str(self.trigger_port)

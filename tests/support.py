@@ -305,6 +305,20 @@ def _matcher(
     raise TypeError(f"expected bytes or a callable, not {expected!r}")
 
 
+def read_to_eof(sock: socket.socket, timeout: float = 10) -> bytes:
+    """
+    Everything the blocking socket C{sock} receives until the peer's FIN
+    (call it in a thread); the socket stays open.
+    """
+    sock.settimeout(timeout)
+    received = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return received
+        received += data
+
+
 def eventually(
     predicate: Callable[[], Any], timeout: float = 5, interval: float = 0.01
 ) -> Deferred[Any]:

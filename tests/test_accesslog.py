@@ -342,3 +342,44 @@ class StopTests(TestCase):
     async def test_workers(self) -> None:
         slow = await self.stop_during_request("--workers", "2")
         self.assertIn('"GET /slow?0.5 HTTP/1.1" 200 %d ' % len(b"started\nfinished\n"), slow)
+
+
+class NoAccessLogTests(TestCase):
+    """
+    C{--no-access-log}: no line per request anywhere, in one process or in
+    workers; Twisted's request log is the default otherwise.
+    """
+
+    timeout = 40
+
+    async def served_output(self, *args: str) -> str:
+        """
+        The whole output of a server given C{args} that served two requests
+        and was stopped.
+        """
+        port = free_port()
+        proc = twistd_awsgi(self, "--app", APP, "-l", f"tcp:{port}:interface=127.0.0.1", *args)
+        await proc.wait_for_output(b"(worker-" if "--workers" in args else b"txawsgi serving", timeout=20)
+        for target in ("/stream?2", "/pid"):
+            response = await request(f"http://127.0.0.1:{port}{target}")
+            self.assertEqual(response.code, 200)
+        proc.signal("TERM")
+        self.assertEqual(await proc.wait_exit(timeout=20), -signal.SIGTERM, proc.output)
+        return proc.output.decode("utf-8", "replace")
+
+    async def test_default(self) -> None:
+        out = await self.served_output()
+        self.assertIn('"GET /stream?2 HTTP/1.1" 200', out)
+        self.assertIn('"GET /pid HTTP/1.1" 200', out)
+
+    async def test_oneProcess(self) -> None:
+        out = await self.served_output("--no-access-log")
+        self.assertNotIn("GET /stream", out)
+        self.assertNotIn("GET /pid", out)
+        self.assertIn("txawsgi serving", out)
+
+    async def test_workers(self) -> None:
+        out = await self.served_output("--no-access-log", "--workers", "2")
+        self.assertNotIn("GET /stream", out)
+        self.assertNotIn("GET /pid", out)
+        self.assertIn("(worker-", out)

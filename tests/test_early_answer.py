@@ -36,7 +36,7 @@ from txawsgi.server import ServerSite
 from txawsgi.timeouts import Timeouts
 
 from ._streaming import awsgi_site, chunk, chunked_head, pattern, post
-from .support import RawClient, eventually, listen, parse_response
+from .support import RawClient, eventually, listen, parse_response, read_to_eof
 
 REFUSAL = b"too big!"
 
@@ -398,3 +398,80 @@ class MalformedMidResponseTests(_EarlyAnswer):
 
     def test_oversized_trailer(self) -> Any:
         return self.check(b"0\r\nX-T: " + b"t" * 100_000 + b"\r\n\r\n", True)
+
+
+class PlainCloseTests(_EarlyAnswer):
+    """
+    A client that said it sends nothing more ("Connection: close", or
+    HTTP/1.0) and left nothing unread gets a plain close: the server does
+    not wait for its FIN (L{site_module.LINGER}) before it lets the
+    connection go.  Anything left unread still makes it linger.
+    """
+
+    @inlineCallbacks
+    def closes_at_once(self, head: bytes, production: bool) -> Any:
+        app = Refuser()
+        server = yield self.serve(app, production)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        sock.sendall(head)
+        received = yield deferToThread(read_to_eof, sock)
+        [response] = parse_response(received, eof=True)
+        self.assertEqual((response.code, response.body), (200, b"/hello"))
+        # The client holds its end open; a lingering server would wait
+        # LINGER seconds for its FIN.
+        self.assertGreater(site_module.LINGER, 1.0)
+        yield eventually(lambda: not server.connections, timeout=1.0)
+        self.assertEqual(app.paths, ["/hello"])
+
+    def test_connection_close(self) -> Any:
+        return self.closes_at_once(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", False)
+
+    def test_connection_close_production(self) -> Any:
+        return self.closes_at_once(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, close\r\n\r\n", True)
+
+    def test_http10(self) -> Any:
+        return self.closes_at_once(b"GET /hello HTTP/1.0\r\n\r\n", True)
+
+    @inlineCallbacks
+    def test_pipelined_after_close_lingers(self) -> Any:
+        """
+        A request pipelined after "Connection: close" is left unread: the
+        server lingers (no reset) until the client closes.
+        """
+        app = Refuser()
+        server = yield self.serve(app, True)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        sock.sendall(
+            b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        received = yield deferToThread(read_to_eof, sock)
+        [response] = parse_response(received, eof=True)
+        self.assertEqual(response.body, b"/hello")
+        yield deferToThread(time.sleep, 0.5)
+        self.assertEqual(len(server.connections), 1)
+        sock.close()
+        yield eventually(lambda: not server.connections, timeout=5)
+        self.assertEqual(app.paths, ["/hello"])
+
+    @inlineCallbacks
+    def test_keep_alive_server_close_lingers(self) -> Any:
+        """
+        A close the server decides on (the client asked for nothing) lingers
+        as before: the client may be sending its next request.
+        """
+        app = Refuser()
+        server = yield self.serve(app, True)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        yield eventually(lambda: app.paths == ["/hello"])
+        [channel] = [c._channel for c in server.connections]
+        channel.close_after_request()
+        channel.loseConnection()
+        received = yield deferToThread(read_to_eof, sock)
+        self.assertEqual(parse_response(received, eof=True)[0].body, b"/hello")
+        yield deferToThread(time.sleep, 0.5)
+        self.assertEqual(len(server.connections), 1)

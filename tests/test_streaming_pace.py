@@ -26,7 +26,7 @@ from txawsgi.input import _Pieces
 from txawsgi.site import AWSGIRequest
 
 from ._streaming import awsgi_site
-from .support import RawClient, eventually, listen, sleep
+from .support import RawClient, eventually, listen, read_to_eof, sleep
 from .test_controller import GET, CountingClient, Hub, Producer, ServerMixin
 
 MiB = 1024 * 1024
@@ -200,12 +200,7 @@ class UploadPaceTests(TestCase):
                 sock.sendall(
                     b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % total + body
                 )
-                received = b""
-                while True:
-                    data = sock.recv(65536)
-                    if not data:
-                        return received
-                    received += data
+                return read_to_eof(sock, timeout=30)
 
         received = yield deferToThread(upload)
         self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:100])

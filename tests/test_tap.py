@@ -84,6 +84,14 @@ class OptionsTests(SynchronousTestCase):
             )
             self.assertIn(f"--listen {description!r}: ", str(e))
 
+    def test_noAccessLogConflict(self) -> None:
+        """
+        C{--no-access-log} with C{--access-log} is refused.
+        """
+        self.assertTrue(parse("--app", APP, "--no-access-log")["no-access-log"])
+        e = self.assertRaises(UsageError, parse, "--app", APP, "--no-access-log", "--access-log", "-")
+        self.assertIn("--no-access-log and --access-log", str(e))
+
     def test_threads(self) -> None:
         self.assertEqual(parse("--app", APP, "--threads", "4")["threads"], 4)
         self.assertEqual(parse("--app", APP, "-t", "0")["threads"], 0)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 __all__ = [
@@ -123,7 +124,7 @@ class Limits:
         if not self.head:
             raise ValueError("the head limit cannot be switched off")
 
-    @property
+    @cached_property
     def line_buffer(self) -> int:
         """
         The most bytes a channel buffers looking for the end of one line.

@@ -193,6 +193,8 @@ class ServerSite(AWSGISite):
         it is routed as if it did not.
     @param access_log: where to log requests; L{None} keeps Twisted's own
         request log (long fields cut as in L{txawsgi.accesslog}).
+    @param log_requests: C{False} to log no requests at all (neither to
+        C{access_log} nor to Twisted's log).
     """
 
     requestFactory = ServerRequest
@@ -207,6 +209,7 @@ class ServerSite(AWSGISite):
         proxy: Optional[ProxyHeaders] = None,
         root_path: str = "",
         access_log: Optional[AccessLog] = None,
+        log_requests: bool = True,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -216,7 +219,8 @@ class ServerSite(AWSGISite):
         self.timeouts = timeouts
         self.proxy = proxy
         self.root_path = parse_prefix(root_path) if root_path else ()
-        self.access_log = access_log
+        self.access_log = access_log if log_requests else None
+        self.log_requests = log_requests
         self.connections = Connections(reactor)
 
     def getResourceFor(self, request: IRequest) -> Any:
@@ -239,6 +243,8 @@ class ServerSite(AWSGISite):
         """
         Called by Twisted when a response finishes.
         """
+        if not self.log_requests:
+            return
         if self.access_log is None:
             super().log(request)
         else:

@@ -15,11 +15,13 @@ Twisted's HTTP/2 code does not expose the request head before the body.
 from __future__ import annotations
 
 import copy
+import fcntl
+import termios
 from enum import auto
 from io import BytesIO
 from typing import Any, Optional, cast
 
-from twisted.internet.interfaces import IHalfCloseableDescriptor, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IPushProducer, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import basic
@@ -76,11 +78,24 @@ _SERVER_VERSION: bytes = server.version
 #: client closes, or has sent nothing for C{LINGER} seconds once the response
 #: is out (Apache's lingering close).  A client still sending (the rest of a
 #: body it sends before it reads anything, as C{requests} does) is read for
-#: as long as it sends, up to C{LINGER_MAX} seconds.
+#: as long as it sends, up to C{LINGER_MAX} seconds.  A client that said it
+#: was done and left nothing unread is closed at once (see
+#: L{AWSGIChannel.loseConnection}).
 LINGER = 2.0
 #: The most a lingering connection is read for while its client keeps
 #: sending (nginx's C{lingering_time}).
 LINGER_MAX = 30.0
+
+
+def _unread(transport: Any) -> int:
+    """
+    How many received bytes wait in the kernel for C{transport}'s socket
+    (C{FIONREAD}); C{-1} when that cannot be told.
+    """
+    try:
+        return int.from_bytes(fcntl.ioctl(transport.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little", signed=True)
+    except (AttributeError, OSError, ValueError):
+        return -1
 
 
 class Teardown(State):
@@ -374,16 +389,25 @@ class AWSGIChannel(http.HTTPChannel):
     _head: Optional[Head] = None
     _authority: Optional[bytes] = None
     _refused = False
+    #: The client said it sends nothing after the current request
+    #: (L{checkPersistence}).
+    _client_done = False
+    # Twisted's own head limits, set from ours (L{_apply_limits}) so they
+    # never trip before ours (which count more).
+    MAX_LENGTH = DEFAULT_LIMITS.line_buffer
+    totalHeadersSize = DEFAULT_LIMITS.head
+    maxHeaders = DEFAULT_LIMITS.fields + 1
+
+    def _apply_limits(self, limits: Limits) -> None:
+        self.limits = limits
+        self.MAX_LENGTH = limits.line_buffer
+        self.totalHeadersSize = limits.head
+        self.maxHeaders = limits.fields + 1 if limits.fields else limits.head
 
     def connectionMade(self) -> None:
         limits = getattr(getattr(self, "site", None), "limits", None)
-        if isinstance(limits, Limits):
-            self.limits = limits
-        limits = self.limits
-        self.MAX_LENGTH = limits.line_buffer
-        # Twisted's own head limits never trip before ours (which count more).
-        self.totalHeadersSize = limits.head
-        self.maxHeaders = limits.fields + 1 if limits.fields else limits.head
+        if isinstance(limits, Limits) and limits is not self.limits and limits != self.limits:
+            self._apply_limits(limits)
         self._teardown = Machine(Teardown.OPEN, _TEARDOWN_EDGES)
         super().connectionMade()
         self.valve = self._networkProducer = _Valve(self._networkProducer)
@@ -603,8 +627,20 @@ class AWSGIChannel(http.HTTPChannel):
         """
         secure = self._secure
         if secure is None:
-            secure = self._secure = super().isSecure()
+            # (What Twisted asks, without its adapter lookup: TLS
+            # transports provide the interface themselves.)
+            secure = self._secure = ISSLTransport.providedBy(self.transport)
         return secure
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        # Twisted keeps a connection alive unless the client asked for its
+        # end: "Connection: close", or HTTP/1.0 (whose client then knows
+        # not to reuse it).  A server deciding to close (draining) does not
+        # get here, and lingers as for any other close.
+        persistent: bool = super().checkPersistence(request, version)
+        if not persistent:
+            self._client_done = True
+        return persistent
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -711,8 +747,11 @@ class AWSGIChannel(http.HTTPChannel):
         # Every close the server starts on a socket lingers: a client still
         # sending (a pipelined request after "Connection: close", the rest
         # of a body, a refused head) would otherwise get a reset that
-        # destroys the response it has not read yet.  (Transports that
-        # cannot half-close linger only where a body is known to follow.)
+        # destroys the response it has not read yet.  Not when the client
+        # said it was done and nothing it sent is left unread, the usual
+        # "Connection: close" request: then there is nothing to reset it.
+        # (Transports that cannot half-close linger only where a body is
+        # known to follow.)
         teardown = self._teardown
         if teardown.state is not Teardown.OPEN:
             return
@@ -720,7 +759,7 @@ class AWSGIChannel(http.HTTPChannel):
         if transport is None or (
             self._lingering_request is None
             and not self._refused
-            and not IHalfCloseableDescriptor.providedBy(transport)
+            and (not IHalfCloseableDescriptor.providedBy(transport) or self._nothing_follows())
         ):
             teardown.to(Teardown.CLOSED)
             super().loseConnection()
@@ -740,6 +779,19 @@ class AWSGIChannel(http.HTTPChannel):
             return
         self._linger_got = self._linger_ticks = 0
         self._linger_call = self.callLater(LINGER, self._linger_tick)
+
+    def _nothing_follows(self) -> bool:
+        """
+        Whether the client said it sends nothing more and nothing it sent
+        is unread, here or in the kernel: a plain close cannot reset it.
+        """
+        return (
+            self._client_done
+            and not self._buffer
+            and not self._dataBuffer
+            and not self._transferDecoder
+            and _unread(self.transport) == 0
+        )
 
     def _discard(self, data: bytes) -> None:
         # What the client sends while the connection closes.

@@ -1,6 +1,7 @@
 """
 gevent.pywsgi serving the plain WSGI app, with TCP_NODELAY on every
-accepted socket and no access log.  Usage: gevent_server.py PORT
+accepted socket; an access log to stdout only with BENCH_ACCESS_LOG=1.
+Usage: gevent_server.py PORT
 """
 
 from gevent import monkey
@@ -10,6 +11,8 @@ monkey.patch_all()
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+
+import os  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
@@ -24,7 +27,8 @@ class NoDelayWSGIServer(WSGIServer):
 
 
 def main():
-    server = NoDelayWSGIServer(("127.0.0.1", int(sys.argv[1])), application, log=None, backlog=4096)
+    log = sys.stdout if os.environ.get("BENCH_ACCESS_LOG") == "1" else None
+    server = NoDelayWSGIServer(("127.0.0.1", int(sys.argv[1])), application, log=log, backlog=4096)
     gevent.signal_handler(signal.SIGTERM, server.stop, 1)
     gevent.signal_handler(signal.SIGINT, server.stop, 1)
     server.serve_forever()

@@ -12,7 +12,7 @@ The bare twisted.web anchor: one leaf resource, no WSGI at all.
     GET  /publish?TOKEN      broadcast
 
 Served by twisted_bare.tac under the same `twistd -n` as txawsgi, so the
-logging (Twisted's access log included) is identical.
+logging is identical (no request log unless BENCH_ACCESS_LOG=1).
 """
 
 from twisted.internet.interfaces import IPullProducer

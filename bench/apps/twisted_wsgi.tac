@@ -12,6 +12,10 @@ from wsgi_app import application as wsgi_application
 
 application = service.Application("bench-twisted-wsgi")
 resource = WSGIResource(reactor, reactor.getThreadPool(), wsgi_application)
+site = Site(resource)
+if os.environ.get("BENCH_ACCESS_LOG") != "1":
+    # No request log, as the other servers run (bench/servers.py).
+    site.log = lambda request: None
 strports.service(
-    "tcp:%s:interface=127.0.0.1:backlog=4096" % os.environ["BENCH_PORT"], Site(resource)
+    "tcp:%s:interface=127.0.0.1:backlog=4096" % os.environ["BENCH_PORT"], site
 ).setServiceParent(application)
